@@ -1,0 +1,45 @@
+"""lpfast: fast CPU kernels for compressing neural-network layers.
+
+Robust (lp) low-rank factorization, projective clustering and doped Kronecker products,
+implemented in C++/Eigen under a thin NumPy API. ``lpfast.reference`` holds a pure-NumPy
+version of every kernel; ``lpfast.torch`` (optional, needs torch) holds autograd ops and
+layers.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .kron import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kronecker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DopedKronecker",
+    "doped_kp_fit",
+    "doped_kp_matmul",
+    "get_num_threads",
+    "has_openmp",
+    "nearest_kronecker",
+    "set_num_threads",
+]
+
+
+def has_openmp() -> bool:
+    """Whether the compiled kernels were built with OpenMP (else they run on one thread)."""
+    return bool(_core.has_openmp())
+
+
+def get_num_threads() -> int:
+    """Threads the parallel kernels use: ``set_num_threads(n)``, else ``OMP_NUM_THREADS``,
+    else all cores (1 without OpenMP)."""
+    return int(_core.get_num_threads())
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the thread count of all later calls, from any Python thread.
+
+    ``None`` or ``0`` restores the default (``OMP_NUM_THREADS``, else all cores).
+    """
+    from ._validate import as_int
+
+    _core.set_num_threads(0 if n is None else as_int(n, "n", low=0))
