@@ -9,7 +9,9 @@
 // heap, so concurrent calls from several threads are safe.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <stdexcept>
 #include <vector>
 
@@ -39,78 +41,84 @@ using ConstRowMap = Eigen::Map<const RowMatrix<T>>;
 template <class T>
 using RowMap = Eigen::Map<RowMatrix<T>>;
 
+// [lo, hi) of `count` items for thread `tid` of `team`.
+inline std::pair<std::int64_t, std::int64_t> static_range(std::int64_t count, int tid, int team) {
+  return {count * tid / team, count * (tid + 1) / team};
+}
+
+// All scratch of one call, shared by its team: t holds X B_r^T for every row of x; xt holds
+// a WIDTH-wide slice of x transposed for the batched sparse product.
+template <class T>
+struct Workspace {
+  std::vector<T> t;
+  std::vector<T, Eigen::aligned_allocator<T>> xt;
+};
+
+// Runs inside the team: each thread computes its own rows of every GEMM, so no GEMM
+// needs Eigen's internal threading (which stalled badly when the second core was busy).
 template <class T>
 void kron_part(const T* x, std::int64_t batch, const KronFactors<T>& kp, const T* bias, T* y,
-               int nt) {
+               Workspace<T>& ws, int tid, int team) {
   const std::int64_t m = kp.rows();
-  std::vector<T> scratch(static_cast<std::size_t>(batch * kp.n1 * kp.m2));
-  RowMap<T> t_all(scratch.data(), batch * kp.n1, kp.m2);
   const ConstRowMap<T> x_all(x, batch * kp.n1, kp.n2);
+  RowMap<T> t_all(ws.t.data(), batch * kp.n1, kp.m2);
+  const auto [t0, t1] = static_range(batch * kp.n1, tid, team);
+  const auto [o0, o1] = static_range(batch * kp.m1, tid, team);  // (row of x, row of A) pairs
   for (std::int64_t r = 0; r < kp.rank; ++r) {
     const ConstRowMap<T> a(kp.A + r * kp.m1 * kp.n1, kp.m1, kp.n1);
     const ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
-    // One GEMM for the whole batch; Eigen parallelizes it itself when large enough.
-    t_all.noalias() = x_all * b.transpose();
-    const bool first = (r == 0), last = (r + 1 == kp.rank);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && batch > 1)
-    for (std::int64_t i = 0; i < batch; ++i) {
+    t_all.middleRows(t0, t1 - t0).noalias() = x_all.middleRows(t0, t1 - t0) * b.transpose();
+#pragma omp barrier
+    for (std::int64_t i = o0 / kp.m1; i * kp.m1 < o1; ++i) {
+      const std::int64_t lo = std::max<std::int64_t>(o0 - i * kp.m1, 0);
+      const std::int64_t hi = std::min<std::int64_t>(o1 - i * kp.m1, kp.m1);
       RowMap<T> yb(y + i * m, kp.m1, kp.m2);
-      const ConstRowMap<T> tb(scratch.data() + i * kp.n1 * kp.m2, kp.n1, kp.m2);
-      if (first)
-        yb.noalias() = a * tb;
+      const ConstRowMap<T> tb(ws.t.data() + i * kp.n1 * kp.m2, kp.n1, kp.m2);
+      if (r == 0)
+        yb.middleRows(lo, hi - lo).noalias() = a.middleRows(lo, hi - lo) * tb;
       else
-        yb.noalias() += a * tb;
-      if (last && bias != nullptr) {
-        Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(y + i * m, m) +=
-            Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(bias, m);
+        yb.middleRows(lo, hi - lo).noalias() += a.middleRows(lo, hi - lo) * tb;
+      if (r + 1 == kp.rank && bias != nullptr) {
+        const auto span = (hi - lo) * kp.m2;
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(y + i * m + lo * kp.m2, span) +=
+            Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias + lo * kp.m2, span);
       }
     }
+#pragma omp barrier
   }
 }
 
 template <int WIDTH, class T, class I>
 void sparse_part_batched(const T* x, std::int64_t batch, const CsrView<T, I>& S, T* y,
-                         const std::vector<std::int64_t>& bounds, int nt) {
+                         Workspace<T>& ws, std::int64_t r0, std::int64_t r1, int tid, int team) {
   const std::int64_t n = S.cols, m = S.rows;
-  std::vector<T> xt(static_cast<std::size_t>(n * WIDTH), T(0));
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int tid = thread_id();
-    for (std::int64_t b0 = 0; b0 < batch; b0 += WIDTH) {
-      const std::int64_t nb = std::min<std::int64_t>(WIDTH, batch - b0);
-#pragma omp for schedule(static)
-      for (std::int64_t j = 0; j < n; ++j) {
-        T* row = xt.data() + j * WIDTH;
-        for (std::int64_t b = 0; b < nb; ++b) row[b] = x[(b0 + b) * n + j];
-      }
-      // (implicit barrier: xt is complete)
-      csr_matmat_add_rows<WIDTH>(S, xt.data(), nb, y + b0 * m, m, bounds[tid], bounds[tid + 1]);
-#pragma omp barrier
+  const auto [j0, j1] = static_range(n, tid, team);
+  for (std::int64_t b0 = 0; b0 < batch; b0 += WIDTH) {
+    const std::int64_t nb = std::min<std::int64_t>(WIDTH, batch - b0);
+    for (std::int64_t j = j0; j < j1; ++j) {
+      T* row = ws.xt.data() + j * WIDTH;
+      for (std::int64_t b = 0; b < nb; ++b) row[b] = x[(b0 + b) * n + j];
     }
+#pragma omp barrier
+    csr_matmat_add_rows<WIDTH>(S, ws.xt.data(), nb, y + b0 * m, m, r0, r1);
+#pragma omp barrier
   }
 }
 
 template <class T, class I>
-void sparse_part(const T* x, std::int64_t batch, const CsrView<T, I>& S, T* y) {
-  const std::int64_t nnz = S.nnz();
-  if (nnz == 0 || batch == 0) return;
-  const int nt = threads_for(2.0 * nnz * batch);
-  const auto bounds = balanced_row_split(S.indptr, S.rows, nt);
-  if (batch == 1) {
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-      const int tid = thread_id();
-      csr_matvec_add_rows(S, x, y, bounds[tid], bounds[tid + 1]);
-    }
-  } else if (batch <= 4) {
-    sparse_part_batched<4>(x, batch, S, y, bounds, nt);
-  } else if (batch <= 8) {
-    sparse_part_batched<8>(x, batch, S, y, bounds, nt);
-  } else if (batch <= 16) {
-    sparse_part_batched<16>(x, batch, S, y, bounds, nt);
-  } else {
-    sparse_part_batched<32>(x, batch, S, y, bounds, nt);
-  }
+void sparse_part(const T* x, std::int64_t batch, const CsrView<T, I>& S, T* y, Workspace<T>& ws,
+                 const std::vector<std::int64_t>& bounds, int tid, int team) {
+  const std::int64_t r0 = bounds[tid], r1 = bounds[tid + 1];
+  if (batch == 1)
+    csr_matvec_add_rows(S, x, y, r0, r1);
+  else if (batch <= 4)
+    sparse_part_batched<4>(x, batch, S, y, ws, r0, r1, tid, team);
+  else if (batch <= 8)
+    sparse_part_batched<8>(x, batch, S, y, ws, r0, r1, tid, team);
+  else if (batch <= 16)
+    sparse_part_batched<16>(x, batch, S, y, ws, r0, r1, tid, team);
+  else
+    sparse_part_batched<32>(x, batch, S, y, ws, r0, r1, tid, team);
 }
 
 }  // namespace detail
@@ -125,9 +133,28 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
   }
   if (kp.rank < 1) throw std::invalid_argument("A, B: Kronecker rank must be at least 1");
   if (batch == 0 || kp.rows() == 0) return;
-  const double kron_flops = 2.0 * batch * kp.rank * kp.n1 * kp.m2 * (kp.n2 + kp.m1);
-  detail::kron_part(x, batch, kp, bias, y, threads_for(kron_flops, 2.0e5));
-  if (S != nullptr) detail::sparse_part(x, batch, *S, y);
+  const std::int64_t nnz = S != nullptr ? S->nnz() : 0;
+  const double flops =
+      2.0 * batch * (kp.rank * kp.n1 * kp.m2 * (kp.n2 + kp.m1) + static_cast<double>(nnz));
+  const int nt = threads_for(flops, 2.0e5);
+
+  detail::Workspace<T> ws;
+  ws.t.resize(static_cast<std::size_t>(batch * kp.n1 * kp.m2));
+  if (nnz > 0 && batch > 1) ws.xt.assign(static_cast<std::size_t>(kp.cols() * 32), T(0));
+  const auto bounds = nnz > 0 ? balanced_row_split(S->indptr, S->rows, nt)
+                              : std::vector<std::int64_t>();
+  // Everything that can throw (allocation, checks) happens above: the region holds
+  // barriers, so a thread leaving it early would hang its team.
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), team = team_size();
+    detail::kron_part(x, batch, kp, bias, y, ws, tid, team);
+    if (nnz > 0) {
+      // The runtime may grant fewer threads than asked for (nested calls): re-split then.
+      const auto mine = team == nt ? bounds : balanced_row_split(S->indptr, S->rows, team);
+      detail::sparse_part(x, batch, *S, y, ws, mine, tid, team);
+    }
+  }
 }
 
 }  // namespace lpfast

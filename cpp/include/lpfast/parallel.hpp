@@ -7,8 +7,6 @@
 #include <exception>
 #include <mutex>
 
-#include <Eigen/Core>
-
 #ifdef LPFAST_HAVE_OPENMP
 #include <omp.h>
 #endif
@@ -46,8 +44,6 @@ inline int get_num_threads() {
 // n <= 0 restores the default.
 inline void set_num_threads(int n) {
   detail::thread_setting().store(std::max(n, 0), std::memory_order_relaxed);
-  // Eigen's own GEMM parallelism follows the same setting (0 = OpenMP's default).
-  Eigen::setNbThreads(std::max(n, 0));
 }
 
 // Threads worth using for `work` units of roughly one flop each: tiny inputs run serially
