@@ -70,7 +70,8 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype, check_finite: bool) -> tuple[np
         msg = f"x: dtype {x.dtype} does not match the operator's {dtype}; convert x explicitly"
         raise TypeError(msg)
     x = as_float_array(x, "x", dtype, check_finite=check_finite)
-    return x.reshape(-1, n), x.shape[:-1]
+    lead = x.shape[:-1]
+    return x.reshape(int(np.prod(lead)), n), lead
 
 
 def _output(out: Any, lead: tuple, m: int, dtype: np.dtype) -> np.ndarray:
@@ -222,7 +223,7 @@ class DopedKronecker:
         y = _output(out, lead, m, self.dtype)
         indptr, indices, data = self._S if self._S is not None else (None, None, None)
         _core.doped_kron_matmul(rows, self.A, self.B, indptr, indices, data, self.bias,
-                                y.reshape(-1, m))
+                                y.reshape(rows.shape[0], m))
         return y
 
     matmul = __call__
@@ -287,7 +288,7 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     rows, lead = _batch_rows(x, n, dtype, check_finite)
     csr = (None, None, None) if S is None else as_csr(S, "S", (m, n), dtype, check_finite=check_finite)
     y = _output(out, lead, m, dtype)
-    _core.doped_kron_matmul(rows, A, B, *csr, bias, y.reshape(-1, m))
+    _core.doped_kron_matmul(rows, A, B, *csr, bias, y.reshape(rows.shape[0], m))
     return y
 
 
