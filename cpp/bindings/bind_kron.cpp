@@ -77,8 +77,55 @@ void doped_kron_matmul_py(const CArray<T>& x, const CArray<T>& A, const CArray<T
   lpfast::doped_kron_matmul(xp, batch, kp, doped ? &S : nullptr, bias_ptr, y);
 }
 
+// dA, dB (rank, ., .) = gradients of x @ (sum_r kron(A_r, B_r)).T for upstream dy.
+template <class T>
+void kron_factor_grads_py(const CArray<T>& x, const CArray<T>& dy, const CArray<T>& A,
+                          const CArray<T>& B, CArray<T>& dA, CArray<T>& dB) {
+  expect_ndim(A, 3, "A");
+  expect_ndim(B, 3, "B");
+  expect_ndim(x, 2, "x");
+  expect_ndim(dy, 2, "dy");
+  expect_dim(B, 0, A.shape(0), "B");
+  const lpfast::KronFactors<T> kp{A.data(), B.data(), A.shape(0), A.shape(1),
+                                  A.shape(2), B.shape(1), B.shape(2)};
+  expect_dim(x, 1, kp.cols(), "x");
+  expect_dim(dy, 0, x.shape(0), "dy");
+  expect_dim(dy, 1, kp.rows(), "dy");
+  for (py::ssize_t axis = 0; axis < 3; ++axis) {
+    expect_dim(dA, axis, A.shape(axis), "dA");
+    expect_dim(dB, axis, B.shape(axis), "dB");
+  }
+  const std::int64_t batch = x.shape(0);
+  const T *xp = x.data(), *dyp = dy.data();
+  T *dap = dA.mutable_data(), *dbp = dB.mutable_data();
+  py::gil_scoped_release release;  // raw buffers only, kept alive by this frame
+  lpfast::kron_factor_grads(xp, dyp, batch, kp, dap, dbp);
+}
+
+// out[k] = sum_b dy[b, row_k] * x[b, col_k] on a CSR pattern that passed check_csr.
+template <class T, class I>
+void csr_sampled_product_py(const CArray<T>& dy, const CArray<T>& x, const CArray<I>& indptr,
+                            const CArray<I>& indices, CArray<T>& out) {
+  expect_ndim(dy, 2, "dy");
+  expect_ndim(x, 2, "x");
+  expect_dim(x, 0, dy.shape(0), "x");
+  expect_dim(indptr, 0, dy.shape(1) + 1, "indptr");
+  expect_dim(out, 0, indices.shape(0), "out");
+  const lpfast::CsrView<T, I> pattern{indptr.data(), indices.data(), nullptr, dy.shape(1),
+                                      x.shape(1)};
+  if (pattern.nnz() != indices.shape(0)) throw std::invalid_argument("S: indptr[-1] != nnz");
+  const std::int64_t batch = dy.shape(0);
+  const T *dyp = dy.data(), *xp = x.data();
+  T* o = out.mutable_data();
+  py::gil_scoped_release release;  // raw buffers only, kept alive by this frame
+  lpfast::csr_sampled_product(dyp, xp, batch, pattern, o);
+}
+
 template <class T, class I>
 void def_matmul(py::module_& m) {
+  m.def("csr_sampled_product", &csr_sampled_product_py<T, I>, py::arg("dy").noconvert(),
+        py::arg("x").noconvert(), py::arg("indptr").noconvert(), py::arg("indices").noconvert(),
+        py::arg("out").noconvert());
   m.def("doped_kron_matmul", &doped_kron_matmul_py<T, I>, py::arg("x").noconvert(),
         py::arg("A").noconvert(), py::arg("B").noconvert(), py::arg("indptr").noconvert(),
         py::arg("indices").noconvert(), py::arg("data").noconvert(),
@@ -95,6 +142,12 @@ void bind_kron(py::module_& m) {
   m.def("check_csr", &check_csr_py<std::int64_t>, py::arg("indptr").noconvert(),
         py::arg("indices").noconvert(), py::arg("rows"), py::arg("cols"), py::arg("name") = "S",
         "Raise ValueError unless (indptr, indices) form a valid CSR pattern of shape (rows, cols).");
+  m.def("kron_factor_grads", &kron_factor_grads_py<float>, py::arg("x").noconvert(),
+        py::arg("dy").noconvert(), py::arg("A").noconvert(), py::arg("B").noconvert(),
+        py::arg("dA").noconvert(), py::arg("dB").noconvert());
+  m.def("kron_factor_grads", &kron_factor_grads_py<double>, py::arg("x").noconvert(),
+        py::arg("dy").noconvert(), py::arg("A").noconvert(), py::arg("B").noconvert(),
+        py::arg("dA").noconvert(), py::arg("dB").noconvert());
   def_matmul<float, std::int32_t>(m);
   def_matmul<float, std::int64_t>(m);
   def_matmul<double, std::int32_t>(m);

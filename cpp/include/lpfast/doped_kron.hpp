@@ -157,4 +157,81 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
   }
 }
 
+// Gradients with respect to the Kronecker factors of y = x W^T, given dy = dL/dy (batch, m):
+//   dA_r = sum_b dY_b B_r X_b^T   (m1 x n1),   dB_r = sum_b dY_b^T A_r X_b   (m2 x n2),
+// with X_b (n1, n2) and dY_b (m1, m2) the row-major reshapes of row b. Rows of the batch are
+// split statically across threads and the per-thread partial sums are added in thread
+// order, so a given thread count always gives the same bits. dA, dB: (rank, ., .), written.
+template <class T>
+void kron_factor_grads(const T* x, const T* dy, std::int64_t batch, const KronFactors<T>& kp,
+                       T* dA, T* dB) {
+  using Mat = detail::RowMatrix<T>;
+  const std::int64_t m = kp.rows(), n = kp.cols(), R = kp.rank;
+  const double flops = 8.0 * batch * R * kp.n1 * kp.m2 * (kp.n2 + kp.m1);
+  const int nt = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(
+      threads_for(flops, 2.0e5), batch)));
+  std::vector<Mat> part_a(static_cast<std::size_t>(nt * R), Mat::Zero(kp.m1, kp.n1));
+  std::vector<Mat> part_b(static_cast<std::size_t>(nt * R), Mat::Zero(kp.m2, kp.n2));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), team = team_size();
+    const auto [b0, b1] = detail::static_range(batch, tid, team);
+    Mat q(kp.m1, kp.n2), p(kp.n1, kp.m2);
+    for (std::int64_t r = 0; r < R; ++r) {
+      const detail::ConstRowMap<T> a(kp.A + r * kp.m1 * kp.n1, kp.m1, kp.n1);
+      const detail::ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
+      Mat& ga = part_a[static_cast<std::size_t>(tid * R + r)];
+      Mat& gb = part_b[static_cast<std::size_t>(tid * R + r)];
+      for (std::int64_t i = b0; i < b1; ++i) {
+        const detail::ConstRowMap<T> xb(x + i * n, kp.n1, kp.n2);
+        const detail::ConstRowMap<T> dyb(dy + i * m, kp.m1, kp.m2);
+        q.noalias() = dyb * b;
+        ga.noalias() += q * xb.transpose();
+        p.noalias() = a.transpose() * dyb;
+        gb.noalias() += p.transpose() * xb;
+      }
+    }
+  }
+  for (std::int64_t r = 0; r < R; ++r) {
+    detail::RowMap<T> ga(dA + r * kp.m1 * kp.n1, kp.m1, kp.n1);
+    detail::RowMap<T> gb(dB + r * kp.m2 * kp.n2, kp.m2, kp.n2);
+    ga.setZero();
+    gb.setZero();
+    for (int t = 0; t < nt; ++t) {
+      ga += part_a[static_cast<std::size_t>(t * R + r)];
+      gb += part_b[static_cast<std::size_t>(t * R + r)];
+    }
+  }
+}
+
+// The sampled product on S's pattern (the gradient of y = x S^T with respect to S.data):
+//   values[k] = sum_b dy[b, row_k] * x[b, col_k],   dy: (batch, rows), x: (batch, cols).
+// Both operands are transposed once so that every non-zero is one contiguous dot product.
+template <class T, class I>
+void csr_sampled_product(const T* dy, const T* x, std::int64_t batch, const CsrView<T, I>& pattern,
+                         T* values) {
+  const std::int64_t rows = pattern.rows, cols = pattern.cols, nnz = pattern.nnz();
+  if (nnz == 0) return;
+  const int nt = threads_for(2.0 * nnz * batch);
+  const auto bounds = balanced_row_split(pattern.indptr, rows, nt);
+  using ColMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  // Column-major (batch x rows) of row-major (rows x batch) data is the transpose we need.
+  ColMat dyt, xt;
+  if (batch > 1) {
+    dyt = detail::ConstRowMap<T>(dy, batch, rows);
+    xt = detail::ConstRowMap<T>(x, batch, cols);
+  }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), team = team_size();
+    const auto mine = team == nt ? bounds : balanced_row_split(pattern.indptr, rows, team);
+    for (std::int64_t i = mine[tid]; i < mine[tid + 1]; ++i) {
+      for (I k = pattern.indptr[i]; k < pattern.indptr[i + 1]; ++k) {
+        const std::int64_t j = pattern.indices[k];
+        values[k] = batch == 1 ? dy[i] * x[j] : dyt.col(i).dot(xt.col(j));
+      }
+    }
+  }
+}
+
 }  // namespace lpfast

@@ -1,0 +1,18 @@
+"""torch integration: differentiable ops and compressed layers (CPU, no libtorch linking).
+
+Needs ``pip install torch`` (any 2.4 <= version < 2.14; ``pip install "lpfast[torch]"``).
+``import lpfast`` works without torch; only this subpackage needs it.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only where torch is missing
+    msg = ("lpfast.torch needs PyTorch: install it with `pip install torch==2.13.0` "
+           "(or `pip install \"lpfast[torch]\"`); the rest of lpfast works without it")
+    raise ImportError(msg) from e
+
+from .ops import doped_kp_matmul
+
+__all__ = ["doped_kp_matmul"]

@@ -1,0 +1,172 @@
+"""Differentiable doped Kronecker product as ``torch.library`` custom ops.
+
+The forward and the whole backward run in lpfast's C++ kernels through zero-copy NumPy
+views of contiguous CPU tensors; ``register_fake`` gives shapes to ``torch.compile``, and
+the backward is itself a custom op so that it traces too.
+
+Convention (DESIGN.md): ``y = x @ W.T + bias`` with ``W = sum_r kron(A[r], B[r]) + S``,
+S in CSR form ``(crow_indices, col_indices, values)`` of shape (m1*m2, n1*n2).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _core
+from .._validate import as_csr
+
+__all__ = ["doped_kp_matmul"]
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy only when it is not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def _shape(A: Tensor, B: Tensor) -> tuple[int, int]:
+    return A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
+
+
+@torch.library.custom_op("lpfast::doped_kp_matmul", mutates_args=(), device_types="cpu")
+def _forward(x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor], col: Optional[Tensor],
+             values: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
+    m, n = _shape(A, B)
+    rows = _np(x).reshape(-1, n)
+    out = torch.empty((rows.shape[0], m), dtype=x.dtype)
+    csr = (None, None, None) if values is None else (_np(crow), _np(col), _np(values))
+    _core.doped_kron_matmul(rows, _np(A), _np(B), *csr, None if bias is None else _np(bias),
+                            out.numpy())
+    return out.reshape(*x.shape[:-1], m)
+
+
+@_forward.register_fake
+def _(x, A, B, crow, col, values, bias):
+    return x.new_empty((*x.shape[:-1], A.shape[1] * B.shape[1]))
+
+
+@torch.library.custom_op("lpfast::doped_kp_matmul_backward", mutates_args=(), device_types="cpu")
+def _backward(dy: Tensor, x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor],
+              col: Optional[Tensor], values: Optional[Tensor], need_x: bool, need_factors: bool,
+              need_values: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    m, n = _shape(A, B)
+    dy_rows, x_rows = _np(dy).reshape(-1, m), _np(x).reshape(-1, n)
+    dx = torch.empty(x.shape if need_x else (0,), dtype=x.dtype)
+    dA = torch.empty(A.shape if need_factors else (0,), dtype=A.dtype)
+    dB = torch.empty(B.shape if need_factors else (0,), dtype=B.dtype)
+    dv = torch.empty(values.shape if need_values and values is not None else (0,), dtype=x.dtype)
+    if need_x:
+        # dx = dy @ W: the same kernel on the transposed operator kron(A.T, B.T) + S.T.
+        At = _np(A.transpose(1, 2))
+        Bt = _np(B.transpose(1, 2))
+        csr_t = (None, None, None)
+        if values is not None:
+            import scipy.sparse as sp
+
+            S_t = sp.csr_array((_np(values), _np(col), _np(crow)), shape=(m, n)).T.tocsr()
+            itype = _np(crow).dtype
+            csr_t = (S_t.indptr.astype(itype), S_t.indices.astype(itype), S_t.data)
+        _core.doped_kron_matmul(dy_rows, At, Bt, *csr_t, None, dx.numpy().reshape(-1, n))
+    if need_factors:
+        _core.kron_factor_grads(x_rows, dy_rows, _np(A), _np(B), dA.numpy(), dB.numpy())
+    if need_values and values is not None:
+        _core.csr_sampled_product(dy_rows, x_rows, _np(crow), _np(col), dv.numpy())
+    return dx, dA, dB, dv
+
+
+@_backward.register_fake
+def _(dy, x, A, B, crow, col, values, need_x, need_factors, need_values):
+    dv = values.shape if need_values and values is not None else (0,)
+    return (x.new_empty(x.shape if need_x else (0,)), A.new_empty(A.shape if need_factors else (0,)),
+            B.new_empty(B.shape if need_factors else (0,)), x.new_empty(dv))
+
+
+def _setup_context(ctx, inputs, output):
+    x, A, B, crow, col, values, bias = inputs
+    ctx.save_for_backward(x, A, B, crow, col, values)
+    ctx.has_bias = bias is not None
+
+
+def _autograd_backward(ctx, dy):
+    x, A, B, crow, col, values = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx, dA, dB, dv = torch.ops.lpfast.doped_kp_matmul_backward(
+        dy.contiguous(), x, A, B, crow, col, values, need[0], need[1] or need[2], need[5])
+    dbias = dy.reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias and need[6] else None
+    return (dx if need[0] else None, dA if need[1] else None, dB if need[2] else None,
+            None, None, dv if need[5] else None, dbias)
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def doped_kp_matmul(x: Tensor, A: Tensor, B: Tensor, S_values: Optional[Tensor] = None,
+                    S_crow_indices: Optional[Tensor] = None, S_col_indices: Optional[Tensor] = None,
+                    bias: Optional[Tensor] = None, *, check: bool = True) -> Tensor:
+    """Differentiable ``x @ W.T + bias``, ``W = sum_r kron(A[r], B[r]) + S`` (CPU tensors).
+
+    Parameters
+    ----------
+    x : Tensor, shape (..., n1*n2)
+    A : Tensor, shape (R, m1, n1) or (m1, n1)
+    B : Tensor, shape (R, m2, n2) or (m2, n2)
+    S_values, S_crow_indices, S_col_indices : Tensors, optional
+        S in CSR form: values (nnz,), crow (m1*m2 + 1,), col (nnz,), int32 or int64.
+    bias : Tensor, shape (m1*m2,), optional
+    check : bool
+        Validate shapes, dtypes and the CSR pattern (O(nnz)); layers validate once and pass
+        ``check=False``.
+
+    Returns
+    -------
+    Tensor, shape (..., m1*m2). Gradients flow to x, A, B, S_values and bias, all computed
+    in C++: dx with the transposed kernel, dA/dB from the reshaped products, dS_values as
+    the sampled product on S's pattern only. Cost: as ``lpfast.DopedKronecker.__call__``,
+    about twice that for the backward.
+    """
+    if A.dim() == 2:
+        A = A.unsqueeze(0)
+    if B.dim() == 2:
+        B = B.unsqueeze(0)
+    if check:
+        _check(x, A, B, S_values, S_crow_indices, S_col_indices, bias)
+    return torch.ops.lpfast.doped_kp_matmul(x, A.contiguous(), B.contiguous(), S_crow_indices,
+                                            S_col_indices, S_values, bias)
+
+
+def _check(x, A, B, values, crow, col, bias) -> None:
+    tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            msg = f"{name}: expected a torch.Tensor, got {type(t).__name__}"
+            raise TypeError(msg)
+        if t.device.type != "cpu":
+            msg = f"{name}: lpfast kernels run on CPU tensors, got device {t.device}"
+            raise ValueError(msg)
+        if t.dtype != x.dtype or t.dtype not in (torch.float32, torch.float64):
+            msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
+            raise TypeError(msg)
+    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0]:
+        msg = f"A, B: expected (R, m1, n1) and (R, m2, n2) with the same R, got {tuple(A.shape)} and {tuple(B.shape)}"
+        raise ValueError(msg)
+    m, n = _shape(A, B)
+    if x.dim() == 0 or x.shape[-1] != n:
+        msg = f"x: expected shape (..., {n}), got {tuple(x.shape)}"
+        raise ValueError(msg)
+    if bias is not None and tuple(bias.shape) != (m,):
+        msg = f"bias: expected shape ({m},), got {tuple(bias.shape)}"
+        raise ValueError(msg)
+    given = [t is not None for t in (values, crow, col)]
+    if any(given) and not all(given):
+        msg = "S_values, S_crow_indices, S_col_indices: give all three or none"
+        raise ValueError(msg)
+    if all(given):
+        if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
+            msg = f"S_crow_indices, S_col_indices: expected one of int32/int64, got {crow.dtype} and {col.dtype}"
+            raise TypeError(msg)
+        as_csr((_np(crow), _np(col), _np(values)), "S", (m, n), _np(values).dtype, check_finite=False)
