@@ -214,6 +214,8 @@ def run(benchmark, case: Case, label: str, fn, *args) -> None:
         np.dtype(case.dtype).itemsize, threadpoolctl=threadpool_limits is not None)
     with limit_threads(case.threads):
         y = benchmark(fn, *args)
+    # Other processes on the machine skew multi-threaded timings most: keep the evidence.
+    benchmark.extra_info["loadavg_1min"] = os.getloadavg()[0]
     check(y, case)
 
 
