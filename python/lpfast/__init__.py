@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from . import _core
 from .kron import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kronecker
+from .lewis import lewis_sample, lewis_weights
+from .subspace import LpSubspace, lp_subspace, subspace_cost
 
 __version__ = "0.1.0"
 
@@ -19,8 +21,13 @@ __all__ = [
     "doped_kp_matmul",
     "get_num_threads",
     "has_openmp",
+    "lewis_sample",
+    "lewis_weights",
+    "LpSubspace",
+    "lp_subspace",
     "nearest_kronecker",
     "set_num_threads",
+    "subspace_cost",
 ]
 
 

@@ -1,6 +1,6 @@
 # Type stubs for the compiled extension. Private: the lpfast package validates arguments
 # and calls these with C-contiguous arrays of one float dtype.
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -21,3 +21,15 @@ def doped_kron_matmul(
     bias: Optional[npt.NDArray[np.floating]],
     out: npt.NDArray[np.floating],
 ) -> None: ...
+def weighted_pca(X: npt.NDArray[np.floating], weights: Optional[npt.NDArray[np.floating]], k: int) -> npt.NDArray[np.floating]: ...
+def subspace_distances(X: npt.NDArray[np.floating], basis: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]: ...
+def lp_subspace_irls(
+    X: npt.NDArray[np.floating],
+    weights: Optional[npt.NDArray[np.floating]],
+    init: npt.NDArray[np.floating],
+    p: float,
+    eps: float,
+    tol: float,
+    max_iter: int,
+    callback: Optional[Callable[[int, float], object]],
+) -> tuple[npt.NDArray[np.floating], list[float], int, bool]: ...

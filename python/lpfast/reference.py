@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["doped_kp_matmul", "kron_dense", "nearest_kronecker"]
+__all__ = ["doped_kp_matmul", "kron_dense", "nearest_kronecker",
+           "lp_subspace", "lp_subspace_eps", "subspace_cost", "subspace_distances",
+           "weighted_svd_basis",
+           "leverage_scores", "lewis_weights", "lewis_sample"]
 
 
 def _as_rank3(M):
@@ -54,3 +57,134 @@ def nearest_kronecker(W, a_shape, b_shape, rank=1):
     A = np.stack([np.sqrt(s[r]) * U[:, r].reshape(m1, n1) for r in range(rank)])
     B = np.stack([np.sqrt(s[r]) * Vt[r].reshape(m2, n2) for r in range(rank)])
     return A, B
+
+
+# -- lp subspace (IRLS) --------------------------------------------------------------------
+
+
+def _fixed_signs(V):
+    """Each column's largest-magnitude entry made positive (first one on ties)."""
+    at = np.argmax(np.abs(V), axis=0)
+    flip = np.where(V[at, np.arange(V.shape[1])] < 0, -1, 1).astype(V.dtype)
+    return V * flip
+
+
+def subspace_distances(X, V):
+    """dist(x_i, V) = ||x_i - V V^T x_i||_2 for every row of X (explicit residuals)."""
+    return np.linalg.norm(X - (X @ V) @ V.T, axis=1)
+
+
+def subspace_cost(X, V, p, weights=None):
+    """sum_i w_i * dist(x_i, V)^p, summed in float64."""
+    dist = subspace_distances(X, V).astype(np.float64) ** p
+    return float(dist.sum() if weights is None else np.asarray(weights, np.float64) @ dist)
+
+
+def lp_subspace_eps(X, weights=None):
+    """Default distance floor: sqrt(finfo(X.dtype).eps) * weighted RMS row norm (1 if zero)."""
+    sq = np.sum(np.asarray(X, np.float64) ** 2, axis=1)
+    w = np.ones(len(X)) if weights is None else np.asarray(weights, np.float64)
+    rms = np.sqrt(w @ sq / w.sum())
+    return float(np.sqrt(np.finfo(X.dtype).eps) * rms) if rms > 0 else 1.0
+
+
+def weighted_svd_basis(X, omega, k):
+    """Top-k right singular vectors (d, k) of sqrt(omega) * X, signs fixed."""
+    _, _, Vt = np.linalg.svd(np.sqrt(omega)[:, None] * X, full_matrices=False)
+    return _fixed_signs(Vt[:k].T)
+
+
+def lp_subspace(X, k, p=1.0, weights=None, max_iter=100, tol=1e-6, eps=None, init=None):
+    """IRLS for min_V sum_i w_i dist(x_i, V)^p, one full SVD of the reweighted X per step.
+
+    Start: the SVD basis of sqrt(w) X (or ``init``, assumed orthonormal). Step:
+    omega_i = w_i * max(dist_i, eps)^(p - 2), V <- top-k right singular vectors of
+    sqrt(omega) X. After a step from cost c to c': for p > 2 a step with c' > c is rejected
+    and the fit stops; otherwise the step is kept and the fit stops (converged) when
+    c - c' <= tol * c. A start cost of 0 is converged at once.
+
+    Returns (V (d, k), history: list of costs, n_iter, converged).
+    """
+    X = np.asarray(X)
+    dtype = X.dtype
+    w = np.ones(len(X), dtype) if weights is None else np.asarray(weights, dtype)
+    eps = lp_subspace_eps(X, weights) if eps is None else eps
+    V = weighted_svd_basis(X, w, k) if init is None else np.asarray(init, dtype)
+    cost = subspace_cost(X, V, p, w)
+    history, n_iter = [cost], 0
+    if cost == 0:
+        return V, history, 0, True
+    for it in range(1, max_iter + 1):
+        dist = np.maximum(subspace_distances(X, V).astype(np.float64), eps)
+        omega = w * dist ** (p - 2)
+        V_new = weighted_svd_basis(X, (omega / omega.max()).astype(dtype), k)
+        new_cost = subspace_cost(X, V_new, p, w)
+        if p > 2 and new_cost > cost:
+            return V, history, n_iter, abs(cost - new_cost) <= tol * cost
+        V, n_iter = V_new, it
+        history.append(new_cost)
+        done = cost - new_cost <= tol * cost
+        cost = new_cost
+        if done:
+            return V, history, n_iter, True
+    return V, history, n_iter, False
+
+
+# -- Lewis weights and coresets --
+
+
+def _pinv_quadratic_forms(X, s):
+    """x_i^T (X^T diag(s) X)^+ x_i, from an eigendecomposition of the Gram in float64.
+
+    The Gram is equilibrated to unit diagonal and eigenvalues at most 100 d eps(float64)
+    times the largest are dropped (lpfast's documented rank rule).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    d = X.shape[1]
+    M = X.T @ (s[:, None] * X)
+    diag = np.diag(M).copy()
+    scale = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), 0.0)
+    lam, Q = np.linalg.eigh(scale[:, None] * M * scale[None, :])
+    keep = lam > 100 * d * np.finfo(np.float64).eps * max(lam.max(), 0.0)
+    B = scale[:, None] * Q[:, keep] / np.sqrt(lam[keep])
+    return np.sum((X @ B) ** 2, axis=1)
+
+
+def leverage_scores(X):
+    """Leverage scores from a thin QR: ||Q_i||^2 (X of full column rank)."""
+    Q, _ = np.linalg.qr(np.asarray(X, dtype=np.float64))
+    return np.sum(Q**2, axis=1)
+
+
+def lewis_weights(X, p=1.0, tol=1e-8, max_iter=1000):
+    """lp Lewis weights by the plain Cohen-Peng iteration from w = 1, in float64.
+
+    w_i <- (x_i^T (X^T W^(1-2/p) X)^+ x_i)^(p/2) until max_i |w_new - w| / w <= tol
+    (zero rows keep weight 0). Returns float64 weights.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(X.shape[0])
+    for _ in range(max_iter):
+        pos = w > 0
+        s = np.zeros_like(w)
+        s[pos] = w[pos] ** (1 - 2 / p)
+        new = np.maximum(_pinv_quadratic_forms(X, s), 0.0) ** (p / 2)
+        change = np.max(np.abs(new[pos] - w[pos]) / w[pos], initial=0.0)
+        w = new
+        if change <= tol:
+            break
+    return w
+
+
+def lewis_sample(X, m, p=1.0, seed=None, uniform=0.1, tol=1e-6):
+    """(indices, weights): m i.i.d. draws with q = (1-uniform) w/sum(w) + uniform/n,
+    each draw weighing 1/(m q_i), duplicates merged; the draws are
+    ``np.random.default_rng(seed).choice(n, m, p=q)`` exactly as in lpfast."""
+    X = np.asarray(X)
+    n = X.shape[0]
+    lw = lewis_weights(X, p, tol=tol)
+    q = (1 - uniform) * lw / lw.sum() + uniform / n if lw.sum() > 0 else np.full(n, 1.0 / n)
+    q = q / q.sum()
+    draws = np.random.default_rng(seed).choice(n, size=m, replace=True, p=q)
+    idx, counts = np.unique(draws, return_counts=True)
+    return idx, (counts / (m * q[idx])).astype(X.dtype)
