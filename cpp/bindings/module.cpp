@@ -6,6 +6,7 @@ namespace py = pybind11;
 void bind_parallel(py::module_& m);
 void bind_kron(py::module_& m);
 void bind_lewis(py::module_& m);
+void bind_projective(py::module_& m);
 void bind_subspace(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
@@ -13,5 +14,6 @@ PYBIND11_MODULE(_core, m) {
   bind_parallel(m);
   bind_kron(m);
   bind_lewis(m);
+  bind_projective(m);
   bind_subspace(m);
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import _core
 from .kron import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kronecker
 from .lewis import lewis_sample, lewis_weights
+from .projective import KSubspaces, k_subspaces
 from .subspace import LpSubspace, lp_subspace, subspace_cost
 
 __version__ = "0.1.0"
@@ -23,6 +24,8 @@ __all__ = [
     "has_openmp",
     "lewis_sample",
     "lewis_weights",
+    "k_subspaces",
+    "KSubspaces",
     "LpSubspace",
     "lp_subspace",
     "nearest_kronecker",

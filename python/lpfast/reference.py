@@ -12,6 +12,7 @@ import scipy.sparse as sp
 __all__ = ["doped_kp_matmul", "kron_dense", "nearest_kronecker",
            "lp_subspace", "lp_subspace_eps", "subspace_cost", "subspace_distances",
            "weighted_svd_basis",
+           "k_subspaces_assign", "k_subspaces_lloyd",
            "leverage_scores", "lewis_weights", "lewis_sample"]
 
 
@@ -128,6 +129,114 @@ def lp_subspace(X, k, p=1.0, weights=None, max_iter=100, tol=1e-6, eps=None, ini
         if done:
             return V, history, n_iter, True
     return V, history, n_iter, False
+
+
+# -- projective clustering (k-subspaces) --
+
+def k_subspaces_assign(X, bases):
+    """(labels, squared distances) of every row to its nearest of the k bases (k, d, j).
+
+    dist^2 = ||x||^2 - ||V_c^T x||^2 from one product with the stacked bases (d, k*j);
+    ties go to the lowest cluster index (np.argmin).
+    """
+    k, d, j = bases.shape
+    n = X.shape[0]
+    P = X @ bases.transpose(1, 0, 2).reshape(d, k * j)
+    proj = np.square(P.reshape(n, k, j), dtype=np.float64).sum(axis=2)
+    xn2 = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    d2 = np.maximum(xn2[:, None] - proj, 0.0)
+    labels = np.argmin(d2, axis=1)
+    return labels, d2[np.arange(n), labels]
+
+
+def _ks_top(G, j):
+    """Top-j eigenvectors of the symmetric G (np.linalg.eigh, in G's dtype)."""
+    _, V = np.linalg.eigh(G)
+    return V[:, ::-1][:, :j].astype(np.float64)
+
+
+def _ks_group_basis(Xs, j, d):
+    """Top-j right singular vectors of the rows Xs, completed with e_0, e_1, ... if rank < j."""
+    cols = []
+    if Xs.shape[0]:
+        _, s, Vt = np.linalg.svd(Xs.astype(np.float64), full_matrices=False)
+        cols = [v for v, sv in zip(Vt, s) if sv**2 > 1e-10 * s[0] ** 2][:j]
+    V = np.zeros((d, j))
+    have = 0
+    for v in cols + list(np.eye(d)):
+        if have == j:
+            break
+        v = v - V[:, :have] @ (V[:, :have].T @ v)
+        if np.linalg.norm(v) > 0.5:
+            V[:, have] = v / np.linalg.norm(v)
+            have += 1
+    return V
+
+
+def k_subspaces_lloyd(X, init_bases, p=2.0, weights=None, max_iter=100, tol=1e-6, eps=0.0,
+                      irls_steps=3):
+    """Lloyd's k-subspaces from init_bases (k, d, j): (bases, labels, cost, n_iter, history).
+
+    Per iteration: empty clusters take the next j rows of the worst-served order (largest
+    w * dist^p, ties by lowest row) as their basis; then each cluster's V_c = top-j of
+    sum w x x^T (p = 2), or irls_steps IRLS steps with omega = w * max(dist, eps)^(p - 2)
+    (p != 2); then all rows are reassigned. Stops when the cost drops by at most tol * cost;
+    returns the iterate of lowest cost.
+    """
+    X = np.asarray(X)
+    n, d = X.shape
+    k, _, j = init_bases.shape
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    V = [np.linalg.qr(np.asarray(B, dtype=np.float64))[0] for B in init_bases]
+
+    def stacked(V):
+        return np.stack(V).astype(X.dtype)
+
+    def cost_of(d2):
+        return float(np.sum(w * np.maximum(d2, 0.0) ** (p / 2)))
+
+    labels, d2 = k_subspaces_assign(X, stacked(V))
+    cost = cost_of(d2)
+    best = (list(V), labels, cost)
+    history, n_iter, prev = [cost], 0, cost
+    for it in range(1, max_iter + 1):
+        empty = [c for c in range(k) if not np.any(labels == c)]
+        if empty:
+            score = w * d2 ** (p / 2)
+            order = np.lexsort((np.arange(n), -score))
+            g = max(1, min(j, n // len(empty)))
+            take = min(n, g * len(empty))
+            for e, c in enumerate(empty):
+                rows = order[min(take, e * g):min(take, (e + 1) * g)]
+                V[c] = _ks_group_basis(X[rows], j, d)
+        for c in range(k):
+            idx = np.flatnonzero(labels == c)
+            if idx.size == 0:
+                continue
+            Xc = X[idx]
+            if p == 2:
+                Xs = Xc * np.sqrt(w[idx]).astype(X.dtype)[:, None]
+                V[c] = _ks_top(Xs.T @ Xs, j)
+                continue
+            dc = d2[idx]
+            for s in range(irls_steps):
+                if s > 0:
+                    Vc = V[c].astype(X.dtype)
+                    dc = np.maximum(np.einsum("ij,ij->i", Xc, Xc, dtype=np.float64)
+                                    - np.square(Xc @ Vc, dtype=np.float64).sum(axis=1), 0.0)
+                omega = w[idx] * np.maximum(np.sqrt(dc), eps) ** (p - 2)
+                Xs = Xc * np.sqrt(omega).astype(X.dtype)[:, None]
+                V[c] = _ks_top(Xs.T @ Xs, j)
+        labels, d2 = k_subspaces_assign(X, stacked(V))
+        cost = cost_of(d2)
+        history.append(cost)
+        n_iter = it
+        if cost < best[2]:
+            best = (list(V), labels, cost)
+        if not prev - cost > tol * prev:
+            break
+        prev = cost
+    return np.stack(best[0]), best[1], best[2], n_iter, history
 
 
 # -- Lewis weights and coresets --

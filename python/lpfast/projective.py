@@ -1,0 +1,323 @@
+"""Projective clustering: k subspaces of dimension j, each row on its nearest one.
+
+``k_subspaces`` minimizes ``sum_i w_i * min_c dist(x_i, V_c)^p`` over k orthonormal bases
+V_c of shape (d, j) (Maalouf, Lang, Rus, Feldman, "Deep Learning Meets Projective
+Clustering", arXiv 2010.04290). The compressed layer keeps, per row, its label and the j
+coefficients ``V_label^T x``, plus the k bases: ``n*j + k*d*j`` numbers instead of ``n*d``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from ._validate import as_float, as_float_array, as_int, float_dtype_of
+
+__all__ = ["KSubspaces", "k_subspaces"]
+
+_SEEDINGS = ("coreset", "dp", "random")
+_SEED_CODES = {"dp": 0, "random": 1}
+#: RNG stream of the coreset's pilot seeding (restarts use streams 0 .. n_init - 1).
+_PILOT_STREAM = 2**40
+
+
+class KSubspaces:
+    """Result of :func:`k_subspaces`.
+
+    Attributes
+    ----------
+    labels : ndarray of int64, shape (n,)
+        Subspace of each row of X (the nearest one; ties go to the lowest index).
+    bases : ndarray, shape (k, d, j), X's dtype
+        Orthonormal bases; columns ordered by decreasing eigenvalue of the cluster's
+        (weighted) Gram matrix, each column's largest-magnitude entry positive.
+    cost : float
+        ``sum_i w_i * dist(x_i, V_label_i)^p`` on X.
+    n_iter : int
+        Lloyd iterations of the final run (on all of X).
+    history : ndarray of float64
+        Cost of the final run's start, then after each iteration (``min(history) == cost``).
+    p : float
+    seeding : str
+    fit_info : dict
+        ``restart`` (index of the best restart), ``eps``, and with coreset seeding
+        ``coreset_indices``, ``coreset_weights``, ``coreset_cost``, ``coreset_history``.
+    """
+
+    __slots__ = ("labels", "bases", "cost", "n_iter", "history", "p", "seeding", "fit_info",
+                 "_coef")
+
+    def __init__(self, labels: np.ndarray, bases: np.ndarray, cost: float, n_iter: int,
+                 history: np.ndarray, p: float, seeding: str, fit_info: dict[str, Any],
+                 coef: np.ndarray):
+        self.labels = labels
+        self.bases = bases
+        self.cost = cost
+        self.n_iter = n_iter
+        self.history = history
+        self.p = p
+        self.seeding = seeding
+        self.fit_info = fit_info
+        self._coef = coef
+
+    @property
+    def n_subspaces(self) -> int:
+        return self.bases.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.bases.shape[2]
+
+    def __repr__(self) -> str:
+        k, d, j = self.bases.shape
+        return (f"KSubspaces(n={self.labels.shape[0]}, d={d}, n_subspaces={k}, dim={j}, "
+                f"p={self.p}, cost={self.cost:.6g}, n_iter={self.n_iter}, "
+                f"seeding={self.seeding!r}, dtype={self.bases.dtype})")
+
+    def _rows(self, Y: Any) -> np.ndarray:
+        d = self.bases.shape[1]
+        Y = as_float_array(Y, "Y", self.bases.dtype, ndim=(1, 2))
+        Y2 = Y.reshape(1, -1) if Y.ndim == 1 else Y
+        if Y2.shape[1] != d:
+            msg = f"Y: expected rows of length {d}, got shape {Y.shape}"
+            raise ValueError(msg)
+        return Y2
+
+    def _assign(self, Y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        one = np.ndim(Y) == 1 if not hasattr(Y, "ndim") else Y.ndim == 1
+        labels, dist2, coef = _core.k_subspaces_assign(self._rows(Y), self.bases)
+        return labels, dist2, coef, one
+
+    def predict(self, Y: Any) -> np.ndarray:
+        """Index of the nearest subspace for each row of Y (shape (m, d) or (d,))."""
+        labels, _, _, one = self._assign(Y)
+        return labels[0] if one else labels
+
+    def distances(self, Y: Any) -> np.ndarray:
+        """Distance of each row of Y to its nearest subspace."""
+        _, dist2, _, one = self._assign(Y)
+        dist = np.sqrt(dist2)
+        return dist[0] if one else dist
+
+    def coefficients(self, Y: Any = None) -> np.ndarray:
+        """The j numbers each row keeps: ``V_c^T y`` for its nearest subspace c.
+
+        ``Y=None`` gives those of the fitted X (with c = ``labels``), shape (n, j).
+        """
+        if Y is None:
+            return self._coef.copy()
+        _, _, coef, one = self._assign(Y)
+        return coef[0] if one else coef
+
+    def reconstruct(self, Y: Any = None) -> np.ndarray:
+        """Rows projected onto their nearest subspace, ``V_c V_c^T y`` (default: the fitted X).
+
+        For X this is the compressed layer's weights: ``labels``, ``coefficients()`` and
+        ``bases`` hold everything needed.
+        """
+        if Y is None:
+            labels, coef = self.labels, self._coef
+            one = False
+        else:
+            labels, _, coef, one = self._assign(Y)
+        out = np.empty((labels.shape[0], self.bases.shape[1]), dtype=self.bases.dtype)
+        for c in range(self.bases.shape[0]):
+            idx = np.flatnonzero(labels == c)
+            out[idx] = coef[idx] @ self.bases[c].T
+        return out[0] if one else out
+
+
+def _default_eps(X: np.ndarray, w: np.ndarray) -> float:
+    """sqrt(machine epsilon of X's dtype) * weighted RMS row norm: lp_subspace's convention."""
+    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    rms = np.sqrt(float(w @ sq / w.sum()))
+    return float(np.sqrt(np.finfo(X.dtype).eps) * rms) if rms > 0 else 1.0
+
+
+def _seed_value(seed: Any) -> np.random.Generator:
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    msg = f"seed: expected None, a non-negative integer or a numpy Generator, got {seed!r}"
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(msg)
+    if seed < 0:
+        raise ValueError(msg)
+    return np.random.default_rng(int(seed))
+
+
+def _coreset(X: np.ndarray, w: np.ndarray, k: int, j: int, p: float, size: int,
+             rng: np.random.Generator, core_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights) of a sensitivity sample of ``size`` draws (duplicates merged)."""
+    pilot = _core.k_subspaces_seed(X, w, k, j, p, _SEED_CODES["dp"], core_seed, _PILOT_STREAM)
+    labels, dist2, _ = _core.k_subspaces_assign(X, pilot)
+    cost_i = w * np.maximum(dist2, 0.0) ** (p / 2)
+    mass = np.bincount(labels, weights=w, minlength=k)
+    sens = w / np.where(mass > 0, mass, 1.0)[labels]
+    if cost_i.sum() > 0:
+        sens = sens + cost_i / cost_i.sum()
+    prob = sens / sens.sum()
+    draws = rng.choice(X.shape[0], size=size, replace=True, p=prob)
+    idx, counts = np.unique(draws, return_counts=True)
+    return idx, w[idx] * counts / (size * prob[idx])
+
+
+def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: Any = None,
+                n_init: int = 10, max_iter: int = 100, tol: float = 1e-6,
+                seeding: str = "coreset", coreset_size: int | None = None, seed: Any = None,
+                init_bases: Any = None, irls_steps: int = 3, eps: float | None = None,
+                check_finite: bool = True) -> KSubspaces:
+    """Projective clustering: k subspaces of dimension ``dim`` minimizing
+    ``sum_i w_i * min_c dist(x_i, V_c)^p``.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+        Points as rows, float32 or float64 (integers -> float64); any layout (converted once
+        to C order when needed); never modified.
+    n_subspaces : int, 1 <= k <= n
+    dim : int, 1 <= j < d, with ``n_subspaces * dim <= n`` (each subspace needs rows).
+    p : float >= 1
+        Exponent. p = 2 is the sum of squared distances; p in [1, 2) is robust to outliers.
+    weights : array_like, shape (n,), optional
+        Non-negative per-row weights (default 1) with a positive sum.
+    n_init : int >= 1
+        Restarts (seeding + Lloyd); the lowest-cost one is kept. They run in parallel in C++.
+    max_iter : int >= 0
+        Lloyd iterations per run.
+    tol : float >= 0
+        Stop when an iteration lowers the cost by at most ``tol`` times the previous cost.
+    seeding : {"coreset", "dp", "random"}
+        How restarts start:
+
+        * ``"dp"``: k-means++-like D^p seeding. The first seed row is drawn with probability
+          proportional to w, each next one proportional to ``w * D^p`` with D the distance
+          to the nearest subspace seeded so far. Seed row a gives the subspace spanned by the
+          top-j eigenvectors of ``sum x x^T`` over its group: a and the ``2j - 1`` rows most
+          aligned with it (largest ``|cos(x, a)|``, ties to the lowest row).
+        * ``"random"``: each subspace is the top-j of ``2j`` distinct rows drawn
+          proportionally to w.
+        * ``"coreset"`` (default): a sensitivity coreset of ``coreset_size`` rows is drawn
+          (with replacement, duplicates merged): a pilot D^p seeding on X gives each row its
+          distance D_i and cluster c_i, its sensitivity is
+          ``s_i = w_i D_i^p / sum_l w_l D_l^p + w_i / W(c_i)`` (W(c) the weight of cluster
+          c), rows are drawn with probability ``q_i = s_i / sum s`` and sampled rows weigh
+          ``w_i * count_i / (coreset_size * q_i)``. All ``n_init`` restarts of D^p seeding +
+          Lloyd run on the coreset, and the best is refined by Lloyd on all of X.
+    coreset_size : int, optional
+        Rows drawn for ``"coreset"``; default ``max(4 * n_subspaces * dim, 50 * n_subspaces)``
+        (on 30522 x 384, j = 32, k = 3 and 10: 7-8x faster than ``seeding="dp"`` with the
+        same ``n_init``, final cost within 0.5%). When it is at least n, the restarts run on
+        X itself.
+    seed : int, numpy Generator or None
+        Same seed, same result, for any thread count: restart r draws from its own stream
+        derived from (seed, r).
+    init_bases : array_like, shape (k, d, j), optional
+        Start from these bases (orthonormalized by QR) instead of seeding: one Lloyd run,
+        ``n_init`` and ``seeding`` ignored.
+    irls_steps : int >= 1
+        For p != 2: IRLS steps per cluster per Lloyd iteration (default 3).
+    eps : float > 0, optional
+        IRLS distance floor (p != 2): ``omega_i = w_i * max(dist_i, eps)^(p - 2)``. Default,
+        as in ``lp_subspace``: ``sqrt(finfo(X.dtype).eps)`` times the weighted RMS row norm.
+    check_finite : bool
+        Refuse NaN/Inf in X, weights and init_bases.
+
+    Returns
+    -------
+    KSubspaces
+        ``labels`` (n,), ``bases`` (k, d, j), ``cost``, ``n_iter``, ``history``, and
+        ``predict(Y)``, ``coefficients(Y=None)``, ``reconstruct(Y=None)``.
+
+    Notes
+    -----
+    One Lloyd iteration (``cpp/include/lpfast/k_subspaces.hpp``):
+
+    1. every row goes to the subspace with the smallest ``||x||^2 - ||V_c^T x||^2``, from one
+       (n, d) x (d, k*j) product with the stacked bases; ties to the lowest index;
+    2. each empty cluster is re-seeded from the worst-served rows: the next ``dim`` rows in
+       decreasing ``w_i * dist_i^p`` (ties to the lowest row) give its top-j basis;
+    3. each cluster is refit. p = 2: V_c = top-j eigenvectors of ``sum_{i in c} w_i x_i x_i^T``
+       (the cost never increases). p != 2: ``irls_steps`` IRLS steps, each with
+       ``omega_i = w_i * max(dist(x_i, V_c), eps)^(p - 2)`` and V_c = top-j of
+       ``sum omega_i x_i x_i^T`` (majorize-minimize: non-increasing for p in [1, 2]).
+
+    The run returns its lowest-cost iterate. Cost per iteration: ``2 n d k j`` flops for the
+    assignment, up to ``n d^2`` for the Grams (for p = 2 only the rows that changed cluster
+    update them, so late iterations are cheap), and a warm-started block-Krylov eigensolver
+    per cluster. ``lpfast.reference.k_subspaces_lloyd`` is the NumPy version of the same
+    iteration.
+    """
+    if hasattr(X, "detach") and hasattr(X, "numpy"):
+        X = X.detach().numpy()
+    X = np.asarray(X)
+    dtype = float_dtype_of(X, "X") or np.dtype(np.float64)
+    X = as_float_array(X, "X", dtype, ndim=2, check_finite=check_finite)
+    n, d = X.shape
+    if n == 0 or d < 2:
+        msg = f"X: expected an (n, d) matrix with n >= 1 and d >= 2, got shape {X.shape}"
+        raise ValueError(msg)
+    k = as_int(n_subspaces, "n_subspaces", low=1, high=n)
+    j = as_int(dim, "dim", low=1, high=d - 1)
+    if k * j > n:
+        msg = (f"n_subspaces * dim = {k} * {j} = {k * j} exceeds the {n} rows of X: "
+               f"every subspace needs rows to fit it")
+        raise ValueError(msg)
+    p = as_float(p, "p", low=1.0)
+    if weights is None:
+        w = np.ones(n)
+    else:
+        w = as_float_array(weights, "weights", np.dtype(np.float64), ndim=1,
+                           check_finite=check_finite)
+        if w.shape[0] != n:
+            msg = f"weights: expected shape ({n},) (one per row of X), got {w.shape}"
+            raise ValueError(msg)
+        if not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+            msg = "weights: must be finite, non-negative, with a positive sum"
+            raise ValueError(msg)
+    n_init = as_int(n_init, "n_init", low=1)
+    max_iter = as_int(max_iter, "max_iter", low=0)
+    tol = as_float(tol, "tol", low=0.0)
+    irls_steps = as_int(irls_steps, "irls_steps", low=1)
+    if not isinstance(seeding, str):
+        msg = f"seeding: expected one of {_SEEDINGS}, got {seeding!r}"
+        raise TypeError(msg)
+    if seeding not in _SEEDINGS:
+        msg = f"seeding: expected one of {_SEEDINGS}, got {seeding!r}"
+        raise ValueError(msg)
+    if coreset_size is not None:
+        coreset_size = as_int(coreset_size, "coreset_size", low=k * j)
+    rng = _seed_value(seed)
+    eps = _default_eps(X, w) if eps is None else as_float(eps, "eps", low=0.0)
+    if not eps > 0:
+        msg = "eps: expected eps > 0"
+        raise ValueError(msg)
+    V0 = None
+    if init_bases is not None:
+        V0 = as_float_array(init_bases, "init_bases", dtype, ndim=3, check_finite=check_finite)
+        if V0.shape != (k, d, j):
+            msg = f"init_bases: expected shape {(k, d, j)}, got {V0.shape}"
+            raise ValueError(msg)
+
+    core_seed = int(rng.integers(0, 2**63 - 1))
+    info: dict[str, Any] = {"eps": eps}
+    common = (k, j, p, max_iter, tol, eps, irls_steps)
+    if V0 is None and seeding == "coreset":
+        size = max(4 * k * j, 50 * k) if coreset_size is None else coreset_size
+        if size < n:
+            idx, cw = _coreset(X, w, k, j, p, size, rng, core_seed)
+            Xc = np.ascontiguousarray(X[idx])
+            Vc, _, ccost, _, chist, restart = _core.k_subspaces_fit(
+                Xc, cw, *common, _SEED_CODES["dp"], n_init, core_seed, None)
+            info.update(coreset_indices=idx, coreset_weights=cw, coreset_cost=ccost,
+                        coreset_history=np.asarray(chist), restart=restart)
+            V0 = Vc
+    code = _SEED_CODES.get(seeding, 0)
+    bases, labels, cost, n_iter, hist, restart = _core.k_subspaces_fit(
+        X, w, *common, code, n_init, core_seed, V0)
+    info.setdefault("restart", restart)
+    _, _, coef = _core.k_subspaces_assign(X, bases)
+    return KSubspaces(labels, bases, float(cost), int(n_iter), np.asarray(hist, dtype=np.float64),
+                      p, seeding if init_bases is None else "init_bases", info, coef)
