@@ -73,10 +73,16 @@ def as_float_array(
             msg = f"{name}: expected a {want} array, got shape {arr.shape}"
             raise ValueError(msg)
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if check_finite and arr.size and not np.isfinite(arr).all():
+    if check_finite:
+        require_finite(arr, name)
+    return arr
+
+
+def require_finite(arr: np.ndarray, name: str) -> None:
+    """Raise ValueError naming ``name`` unless every entry of the float array is finite."""
+    if arr.size and not np.isfinite(arr).all():
         msg = f"{name}: contains NaN or Inf (pass check_finite=False to skip this check)"
         raise ValueError(msg)
-    return arr
 
 
 def as_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:

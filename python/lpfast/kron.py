@@ -6,6 +6,8 @@ W; ``nearest_kronecker`` and ``doped_kp_fit`` fit such a W to a dense matrix.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from ._validate import (
     as_int,
     as_shape2,
     common_float_dtype,
+    require_finite,
 )
 
 __all__ = ["DopedKronecker", "doped_kp_fit", "doped_kp_matmul", "nearest_kronecker"]
@@ -60,6 +63,14 @@ def _bias(bias: Any, m: int, dtype: np.dtype, check_finite: bool) -> np.ndarray 
 
 def _batch_rows(x: Any, n: int, dtype: np.dtype, check_finite: bool) -> tuple[np.ndarray, tuple]:
     """x as a C-contiguous (N, n) array of ``dtype`` plus its leading batch shape."""
+    # Fast path for what a server passes on every call (a C-contiguous array of the right
+    # dtype): at batch 1 the general path cost ~8 us, a tenth of the whole product.
+    if (type(x) is np.ndarray and x.dtype == dtype and x.ndim >= 1 and x.shape[-1] == n
+            and x.flags.c_contiguous):
+        if check_finite:
+            require_finite(x, "x")
+        lead = x.shape[:-1]
+        return x.reshape(math.prod(lead), n), lead
     if hasattr(x, "detach") and hasattr(x, "numpy"):
         x = x.detach().numpy()
     x = np.asarray(x)
@@ -71,7 +82,7 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype, check_finite: bool) -> tuple[np
         raise TypeError(msg)
     x = as_float_array(x, "x", dtype, check_finite=check_finite)
     lead = x.shape[:-1]
-    return x.reshape(int(np.prod(lead)), n), lead
+    return x.reshape(math.prod(lead), n), lead
 
 
 def _output(out: Any, lead: tuple, m: int, dtype: np.dtype) -> np.ndarray:
