@@ -13,6 +13,24 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
            "(or `pip install \"lpfast[torch]\"`); the rest of lpfast works without it")
     raise ImportError(msg) from e
 
+from .layers import (
+    DensitySchedule,
+    DopedKroneckerLinear,
+    LowRankEmbedding,
+    LowRankLinear,
+    ProjectiveEmbedding,
+    SparsityAnnealer,
+    co_matrix_dropout,
+)
 from .ops import doped_kp_matmul
 
-__all__ = ["doped_kp_matmul"]
+__all__ = [
+    "DensitySchedule",
+    "DopedKroneckerLinear",
+    "LowRankEmbedding",
+    "LowRankLinear",
+    "ProjectiveEmbedding",
+    "SparsityAnnealer",
+    "co_matrix_dropout",
+    "doped_kp_matmul",
+]
