@@ -1,7 +1,8 @@
-"""Command line: ``python -m lpfast [demo|info]``.
+"""Command line: ``python -m lpfast [demo|info|compress]``.
 
 ``demo`` (the default) compresses a built-in synthetic layer and times it; ``info`` prints
-how the extension was built.
+how the extension was built; ``compress IN.pt OUT.pt --rule PATTERN=METHOD:RATIO ...``
+replaces layers of a saved torch model by lpfast's compressed layers (needs torch).
 """
 
 from __future__ import annotations
@@ -70,6 +71,56 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def compress(args: argparse.Namespace) -> int:
+    try:
+        import torch
+
+        import lpfast.torch as lt
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        rules = [lt.parse_rule(r) for r in args.rule]
+    except ValueError as e:
+        print(f"error: --rule: {e}", file=sys.stderr)
+        return 2
+    print(f"loading {args.input}")
+    # A whole pickled model (torch.save(model, path)): unpickling runs code from the file,
+    # so only load files you trust.
+    model = torch.load(args.input, map_location="cpu", weights_only=False)
+    if not isinstance(model, torch.nn.Module):
+        print(f"error: {args.input} holds a {type(model).__name__}, not a torch.nn.Module "
+              f"(save the model itself with torch.save(model, path))", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        import lpfast
+
+        lpfast.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        report = lt.compress(model, rules, strict=not args.allow_unmatched,
+                             progress=None if args.quiet else print)
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.save(model, args.output)
+    print(f"\n{report}\ncompressed in {time.perf_counter() - t0:.1f} s; saved {args.output}")
+    if args.report_json:
+        import json
+
+        with open(args.report_json, "w") as f:
+            json.dump(report.to_dict(), f, indent=2)
+        print(f"report: {args.report_json}")
+    return 0
+
+
+_RULE_HELP = """PATTERN=METHOD:RATIO[:key=value,...], repeatable. PATTERN is an fnmatch pattern on
+module names (e.g. '*.word_embeddings'); METHOD is lowrank | projective | doped_kron;
+RATIO the layer's parameter compression ratio; options e.g. p=1.0, n_subspaces=4,
+a_shape=16x8, rank=2. Example: --rule '*.word_embeddings=lowrank:4:p=1.0'"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpfast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -77,10 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--density", type=float, default=0.01, help="doping density (default 0.01)")
     p_demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="how the extension was built")
+    p_comp = sub.add_parser(
+        "compress", help="replace layers of a saved torch model (torch.save(model, IN.pt))",
+        description="Replace nn.Linear/nn.Embedding modules of a whole-model torch.save file "
+                    "by lpfast's compressed layers and save the result. Loading unpickles "
+                    "the input: use trusted files only.")
+    p_comp.add_argument("input", metavar="IN.pt")
+    p_comp.add_argument("output", metavar="OUT.pt")
+    p_comp.add_argument("--rule", action="append", required=True, help=_RULE_HELP)
+    p_comp.add_argument("--report-json", metavar="PATH", help="also write the report as JSON")
+    p_comp.add_argument("--allow-unmatched", action="store_true",
+                        help="ignore rules that match no module (default: error)")
+    p_comp.add_argument("--threads", type=int, default=0, help="threads for torch and lpfast")
+    p_comp.add_argument("--quiet", action="store_true", help="no per-layer progress")
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo", *(argv or [])])
-    return {"demo": demo, "info": info}[args.command](args)
+    return {"demo": demo, "info": info, "compress": compress}[args.command](args)
 
 
 if __name__ == "__main__":

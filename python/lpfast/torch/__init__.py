@@ -13,6 +13,7 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
            "(or `pip install \"lpfast[torch]\"`); the rest of lpfast works without it")
     raise ImportError(msg) from e
 
+from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
 from .layers import (
     DensitySchedule,
     DopedKroneckerLinear,
@@ -25,6 +26,11 @@ from .layers import (
 from .ops import doped_kp_matmul
 
 __all__ = [
+    "CompressionReport",
+    "LayerReport",
+    "compress",
+    "parse_rule",
+    "register_method",
     "DensitySchedule",
     "DopedKroneckerLinear",
     "LowRankEmbedding",
