@@ -11,7 +11,9 @@ from __future__ import annotations
 from . import _core
 from .kron import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kronecker
 from .lewis import lewis_sample, lewis_weights
+from .planner import Plan, plan_compression
 from .projective import KSubspaces, k_subspaces
+from .row_doped import RowDoped, row_doped_fit, usage_weights
 from .subspace import LpSubspace, lp_subspace, subspace_cost
 
 __version__ = "0.1.0"
@@ -29,8 +31,13 @@ __all__ = [
     "LpSubspace",
     "lp_subspace",
     "nearest_kronecker",
+    "Plan",
+    "plan_compression",
+    "RowDoped",
+    "row_doped_fit",
     "set_num_threads",
     "subspace_cost",
+    "usage_weights",
 ]
 
 

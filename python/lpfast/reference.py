@@ -297,3 +297,37 @@ def lewis_sample(X, m, p=1.0, seed=None, uniform=0.1, tol=1e-6):
     draws = np.random.default_rng(seed).choice(n, size=m, replace=True, p=q)
     idx, counts = np.unique(draws, return_counts=True)
     return idx, (counts / (m * q[idx])).astype(X.dtype)
+
+
+def row_doped_n_params(method, n, d, rank, n_exact, n_subspaces=1):
+    """Numbers a row-doped factorization stores, counted from its definition: low rank
+    stores U for the n - R other rows (k each), Vt (k x d), R exact rows (d each) and their
+    R indices; projective stores per other row a label and j coefficients, K bases (d x j),
+    and the exact rows with their indices."""
+    R = n_exact
+    exact = R * d + R
+    if method == "projective":
+        return (n - R) * 1 + (n - R) * rank + n_subspaces * d * rank + exact
+    return (n - R) * rank + rank * d + exact
+
+
+def row_doped_reconstruct(state):
+    """The (n, d) matrix a ``RowDoped.to_dict()`` state stands for, row by row."""
+    n, d = state["n_rows"], state["n_cols"]
+    exact = {int(i): s for s, i in enumerate(state["exact_indices"])}
+    out = np.zeros((n, d), dtype=np.asarray(state["exact_rows"]).dtype)
+    t = 0
+    for i in range(n):
+        if i in exact:
+            out[i] = state["exact_rows"][exact[i]]
+            continue
+        if state["method"] == "projective":
+            V = state["bases"][state["labels"][t]]
+            out[i] = V @ state["coefficients"][t]
+        else:
+            out[i] = state["U"][t] @ state["Vt"]
+        t += 1
+    return out
+
+
+__all__ += ["row_doped_n_params", "row_doped_reconstruct"]

@@ -1,0 +1,389 @@
+"""A per-layer compression planner: fit every method at the same budget, measure, rank.
+
+Which factorization compresses a layer best (SVD, a robust lp subspace, k subspaces; with or
+without rows stored exactly) depends on the layer and on which rows matter, so
+``plan_compression`` measures instead of guessing: at the parameter budget ``n * d / ratio``
+it fits each candidate with and without row doping (the split between rank and exact rows
+searched over a small grid), scores them by weighted relative reconstruction error, and
+returns a ranked table with the best fitted :class:`lpfast.RowDoped`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ._validate import as_float, as_int
+from .row_doped import (RowDoped, _as_matrix, _as_row_weights, _build, _check_fractions,
+                        _Effort, _extender, _history, _kind, _make_fitter, _max_rank, _min_budget,
+                        _rank_cap, _rounds, _search, _splits, n_params_formula)
+
+__all__ = ["Plan", "plan_compression"]
+
+#: Budget fractions spent on exact rows tried for each doped candidate.
+DEFAULT_DOPED_FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
+#: Screening effort: enough to rank candidates; the winner is refit with the full effort.
+SCREEN = _Effort(max_iter=10, tol=1e-4, refit_iter=4, n_init=2)
+FULL = _Effort()
+
+_COLUMNS = (("#", "place", "{:d}"), ("candidate", "candidate", "{}"), ("dim", "rank", "{:d}"),
+            ("exact rows", "n_exact", "{:d}"), ("params", "n_params", "{:d}"),
+            ("ratio", "ratio", "{:.2f}"), ("error", "error", "{:.5g}"),
+            ("lp cost", "lp_cost", "{:.5g}"), ("time [s]", "seconds", "{:.2f}"))
+
+
+def _parse_candidate(spec: Any) -> dict[str, Any]:
+    """{"method", "p", "n_subspaces"} from "svd", "lp:1.5", "projective:5" or a dict."""
+    if isinstance(spec, str):
+        head, _, arg = spec.partition(":")
+        head = head.strip().lower()
+        if head == "svd" and not arg:
+            return {"method": "svd", "p": 2.0, "n_subspaces": 1}
+        try:
+            if head == "lp":
+                return {"method": "lp", "p": float(arg) if arg else 1.0, "n_subspaces": 1}
+            if head in ("projective", "proj"):
+                k, _, p = arg.partition(":")
+                return {"method": "projective", "n_subspaces": int(k),
+                        "p": float(p) if p else 2.0}
+        except ValueError:
+            pass
+        msg = (f"candidates: cannot parse {spec!r}; expected 'svd', 'lp:<p>', "
+               f"'projective:<k>[:<p>]' or a dict")
+        raise ValueError(msg)
+    if isinstance(spec, dict):
+        method = spec.get("method")
+        if method not in ("svd", "lp", "projective"):
+            msg = f"candidates: expected method 'svd', 'lp' or 'projective', got {spec!r}"
+            raise ValueError(msg)
+        unknown = set(spec) - {"method", "p", "n_subspaces"}
+        if unknown:
+            msg = f"candidates: unknown keys {sorted(unknown)} in {spec!r}"
+            raise ValueError(msg)
+        p = spec.get("p", 2.0 if method != "lp" else 1.0)
+        K = spec.get("n_subspaces", 1 if method != "projective" else None)
+        if K is None:
+            msg = f"candidates: projective needs 'n_subspaces', got {spec!r}"
+            raise ValueError(msg)
+        return {"method": method, "p": p, "n_subspaces": K}
+    msg = f"candidates: expected strings or dicts, got {type(spec).__name__}"
+    raise TypeError(msg)
+
+
+def _check_candidate(c: dict[str, Any]) -> dict[str, Any]:
+    p = as_float(c["p"], "candidates: p", low=1.0)
+    if c["method"] == "svd" and p != 2.0:
+        msg = "candidates: 'svd' is the p = 2 fit; use 'lp' for other p"
+        raise ValueError(msg)
+    K = as_int(c["n_subspaces"], "candidates: n_subspaces", low=1)
+    if c["method"] != "projective" and K != 1:
+        msg = "candidates: n_subspaces is only for 'projective'"
+        raise ValueError(msg)
+    return {"method": c["method"], "p": p, "n_subspaces": K}
+
+
+def _name(c: dict[str, Any], doped: bool) -> str:
+    if c["method"] == "svd":
+        base = "svd"
+    elif c["method"] == "lp":
+        base = f"lp(p={c['p']:g})"
+    else:
+        base = f"proj(k={c['n_subspaces']}" + (f", p={c['p']:g})" if c["p"] != 2.0 else ")")
+    return base + ("+doped" if doped else "")
+
+
+def _seed_sequence(seed: Any) -> np.random.SeedSequence:
+    if seed is None:
+        return np.random.SeedSequence()
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        return np.random.SeedSequence(int(seed.integers(0, 2**63 - 1)))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        msg = f"seed: expected None, a non-negative integer, a SeedSequence or a Generator, got {seed!r}"
+        raise TypeError(msg)
+    if seed < 0:
+        msg = f"seed: expected a non-negative integer, got {seed}"
+        raise ValueError(msg)
+    return np.random.SeedSequence(int(seed))
+
+
+class Plan:
+    """Result of :func:`plan_compression`.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per (candidate, doping) fitted, best first (by ``error``, ties in candidate
+        order). Keys: ``place`` (1 = best), ``candidate`` (name, e.g. ``"lp(p=1)+doped"``),
+        ``method``, ``p``, ``n_subspaces``, ``doped``, ``rank`` (k, or j for projective),
+        ``n_exact``, ``n_params`` (exact count, <= ``budget``), ``ratio`` (``n*d /
+        n_params``), ``error`` (weighted relative reconstruction error), ``lp_cost``
+        (``sum_i w_i ||e_i - ê_i||^p`` at the candidate's p), ``seconds`` (fit time,
+        screening plus, for the winner, the refit), ``splits`` (list of dicts ``rank``,
+        ``n_exact``, ``n_params``, ``error`` for every split tried), ``refit`` (winner
+        only: whether the full-effort refit improved the screening fit).
+    best : RowDoped
+        The winner's fitted object (``best.to_dict()`` feeds a torch layer).
+    best_row : dict
+        ``rows[0]``.
+    skipped : list of dict
+        Candidates that did not fit the budget: ``candidate``, ``reason``.
+    budget : int
+        ``floor(n * d / ratio)``.
+    ratio : float
+    shape : tuple (n, d)
+    seconds : float
+        Wall time of the whole plan.
+    """
+
+    __slots__ = ("rows", "best", "skipped", "budget", "ratio", "shape", "seconds")
+
+    def __init__(self, rows, best, skipped, budget, ratio, shape, seconds):
+        self.rows, self.best, self.skipped = rows, best, skipped
+        self.budget, self.ratio, self.shape, self.seconds = budget, ratio, shape, seconds
+
+    @property
+    def best_row(self) -> dict[str, Any]:
+        return self.rows[0]
+
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
+        head = [h for h, _, _ in _COLUMNS]
+        body = [[fmt.format(r[key]) for _, key, fmt in _COLUMNS] for r in self.rows]
+        return head, body
+
+    def to_markdown(self) -> str:
+        """The ranked table as GitHub markdown."""
+        head, body = self._cells()
+        lines = ["| " + " | ".join(head) + " |",
+                 "|" + "|".join("---:" if i != 1 else ":---" for i in range(len(head))) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head, body = self._cells()
+        widths = [max(len(c) for c in col) for col in zip(head, *body)]
+        just = [str.ljust if i == 1 else str.rjust for i in range(len(head))]
+
+        def line(cells):
+            return "  ".join(j(c, wd) for j, c, wd in zip(just, cells, widths))
+
+        n, d = self.shape
+        out = [f"compression plan for a {n} x {d} matrix at ratio {self.ratio:g} "
+               f"(budget {self.budget} parameters), {self.seconds:.1f} s",
+               line(head), line(["-" * wd for wd in widths])]
+        out += [line(row) for row in body]
+        out += [f"skipped {s['candidate']}: {s['reason']}" for s in self.skipped]
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        b = self.best_row
+        return (f"Plan(shape={self.shape}, ratio={self.ratio:g}, budget={self.budget}, "
+                f"best={b['candidate']!r}, error={b['error']:.6g}, rows={len(self.rows)})")
+
+
+def _row(c, doped, res, E_shape, w, total, budget, K, history):
+    n, d = E_shape
+    n_params = n_params_formula(c["method"], n, d, res.rank, res.n_exact, K)
+    keep = np.ones(n, dtype=bool)
+    keep[res.exact] = False
+    return {"candidate": _name(c, doped), "method": c["method"], "p": c["p"],
+            "n_subspaces": K, "doped": doped, "rank": res.rank, "n_exact": res.n_exact,
+            "n_params": n_params, "ratio": n * d / n_params, "error": res.error,
+            "lp_cost": float(w[keep] @ (res.r2[keep] ** (c["p"] / 2))),
+            "seconds": res.seconds, "splits": history}
+
+
+def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: Any = None,
+                     seed: Any = None, p_values: Any = (1, 1.5), k_values: Any = (2, 5, 10),
+                     doping: Any = (False, True),
+                     exact_fractions: Any = DEFAULT_DOPED_FRACTIONS, n_rounds: int = 1,
+                     extend_grid: bool = True, refit: bool = True, verbose: bool = False,
+                     callback: Callable[[dict[str, Any]], Any] | None = None) -> Plan:
+    """Fit SVD, lp and k-subspace factorizations (with and without row doping) at one
+    parameter budget and rank them by weighted reconstruction error.
+
+    Parameters
+    ----------
+    E : array_like, shape (n, d)
+        Embedding table or Linear weight (rows = output units); float32 or float64 (kept),
+        never modified or copied (except once to C order if needed).
+    ratio : float > 1
+        Compression ratio: every candidate stores at most ``floor(n * d / ratio)`` numbers
+        (factor entries, exact rows, their indices and projective labels all count).
+    weights : array_like, shape (n,), optional
+        Row weights (e.g. ``lpfast.usage_weights(counts)``): fits, choice of exact rows and
+        the score use them. Default 1.
+    candidates : sequence of str or dict, optional
+        Methods to try: ``"svd"``, ``"lp:<p>"``, ``"projective:<k>"`` or
+        ``"projective:<k>:<p>"``, or dicts ``{"method", "p", "n_subspaces"}``. Default:
+        ``"svd"``, ``"lp:p"`` for p in ``p_values``, ``"projective:k"`` (p = 2) for k in
+        ``k_values``.
+    seed : int, SeedSequence, numpy Generator or None
+        Randomness of the k-subspace restarts (candidate i draws from child i of
+        ``SeedSequence(seed)``). Same seed, same plan (timings aside), for a given thread
+        count.
+    p_values, k_values : sequences
+        Build the default candidates (ignored when ``candidates`` is given).
+    doping : sequence of bool
+        Fit each candidate without (False) and/or with (True) row doping.
+    exact_fractions : sequence of float in (0, 1]
+        Split grid of the doped fits: the share of the budget spent on exact rows (see
+        :func:`lpfast.row_doped_fit`); the best split is reported. With ``extend_grid``,
+        while the best split is at an end of the grid, the fraction halfway to 1 (or half
+        the smallest) is tried too, up to 3 more splits per candidate.
+    n_rounds : int >= 0
+        Refits without the exact rows per split during screening.
+    refit : bool
+        Refit the winner at full effort (lp: up to 100 IRLS steps to tol 1e-6; projective:
+        up to 100 Lloyd iterations), warm-started from its screening fit; the result is
+        kept only if its error is lower.
+    verbose : bool
+        Print each fitted row to stderr as it finishes.
+    callback : callable(row), optional
+        Called with each row dict as it finishes (plus ``index`` and ``total``: rows done
+        and expected).
+
+    Returns
+    -------
+    Plan
+        ``rows`` (ranked table), ``best`` (:class:`lpfast.RowDoped`), ``str(plan)``,
+        ``plan.to_markdown()``.
+
+    Raises
+    ------
+    ValueError
+        ``ratio <= 1``, a budget no candidate fits, wrong ``weights`` length, NaN/Inf in
+        ``E`` or ``weights``, unparseable ``candidates``.
+
+    Notes
+    -----
+    Screening (every candidate): lp fits of at most 10 IRLS steps (tol 1e-4), k-subspace
+    fits with 2 restarts and at most 10 Lloyd iterations, warm refits of 4 steps in the
+    doping rounds. Per candidate one fit at the undoped rank plus, for doping, per split
+    about ``2 n_rounds`` warm refits (two chains, see :func:`lpfast.row_doped_fit`), each
+    O(n d^2) (plus O(n d K j) assignments for k subspaces). On 30522 x 384 float32 at
+    ratio 8 on 2 cores the whole default plan takes about half a minute; see
+    bench/bench_planner.py.
+    """
+    t_start = time.perf_counter()
+    E = _as_matrix(E)
+    n, d = E.shape
+    ratio = as_float(ratio, "ratio")
+    if not ratio > 1:
+        msg = f"ratio: expected a compression ratio > 1, got {ratio}"
+        raise ValueError(msg)
+    budget = int(math.floor(n * d / ratio))
+    w = _as_row_weights(weights, n)
+    if candidates is None:
+        specs = (["svd"] + [{"method": "lp", "p": float(p)} for p in p_values]
+                 + [{"method": "projective", "n_subspaces": k} for k in k_values])
+    else:
+        if isinstance(candidates, (str, dict)):
+            candidates = [candidates]
+        specs = list(candidates)
+        if not specs:
+            msg = "candidates: expected at least one candidate"
+            raise ValueError(msg)
+    cands = [_check_candidate(_parse_candidate(s)) for s in specs]
+    flags = tuple(doping)
+    if not flags or any(not isinstance(f, (bool, np.bool_)) for f in flags):
+        msg = f"doping: expected a non-empty sequence of bools, got {doping!r}"
+        raise ValueError(msg)
+    fractions = tuple(f for f in _check_fractions(exact_fractions) if f > 0)
+    if True in flags and not fractions:
+        msg = "exact_fractions: doping needs at least one fraction > 0"
+        raise ValueError(msg)
+    n_rounds = as_int(n_rounds, "n_rounds", low=0)
+    if callback is not None and not callable(callback):
+        msg = f"callback: expected a callable(row), got {type(callback).__name__}"
+        raise TypeError(msg)
+    children = _seed_sequence(seed).spawn(len(cands))
+
+    sq = w * np.einsum("ij,ij->i", E, E, dtype=np.float64)
+    total = float(sq.sum())
+    heavy = np.argsort(-sq, kind="stable")
+    rows: list[dict[str, Any]] = []
+    states: list[tuple[dict, Any, Any]] = []  # (candidate, split result, fitter seed)
+    skipped: list[dict[str, Any]] = []
+    expected = len(cands) * len(set(flags))
+
+    def emit(row: dict[str, Any]) -> None:
+        if verbose:
+            print(f"plan_compression [{len(rows)}/{expected}] {row['candidate']:<22s} "
+                  f"dim {row['rank']:4d}  exact rows {row['n_exact']:6d}  "
+                  f"error {row['error']:.5g}  ({row['seconds']:.2f} s)",
+                  file=sys.stderr, flush=True)
+        if callback is not None:
+            callback(dict(row, index=len(rows), total=expected))
+
+    for c, child in zip(cands, children):
+        kind, K = _kind(c["method"]), c["n_subspaces"]
+        if K > n or budget < _min_budget(kind, n, d, K):
+            for doped in sorted(set(flags)):
+                skipped.append({"candidate": _name(c, doped),
+                                "reason": f"budget {budget} is below the "
+                                          f"{_min_budget(kind, n, d, K)} of rank 1"})
+            continue
+        top = min(_max_rank(kind, n, d, budget, 0, K), _rank_cap(kind, n, d, 0, K))
+        splits = [(top, 0)]
+        extend = None
+        if True in flags:
+            splits += [s for s in _splits(kind, n, d, budget, K, fractions) if s[1] > 0]
+            extend = _extender(kind, n, d, budget, K, fractions) if extend_grid else None
+        seed_c = np.random.default_rng(child)
+        fitter = _make_fitter(E, w, c["method"], c["p"], K, SCREEN, seed_c)
+        results = _search(fitter, w, heavy, total, splits, n_rounds, extend=extend)
+        hist = _history(c["method"], n, d, K, results)
+        if False in flags:
+            rows.append(_row(c, False, results[0], (n, d), w, total, budget, K, hist[:1]))
+            states.append((c, results[0], fitter))
+            emit(rows[-1])
+        doped = results[1:]
+        if True in flags:
+            if not doped:
+                skipped.append({"candidate": _name(c, True),
+                                "reason": "no split with exact rows fits the budget"})
+                continue
+            best = min(doped, key=lambda r: r.error)
+            row = _row(c, True, best, (n, d), w, total, budget, K, hist[1:])
+            row["seconds"] = sum(r.seconds for r in doped) + (
+                0.0 if False in flags else results[0].seconds)
+            rows.append(row)
+            states.append((c, best, fitter))
+            emit(row)
+    if not rows:
+        msg = (f"ratio: {ratio} gives a budget of {budget} parameters, too small for every "
+               f"candidate on a {n} x {d} matrix")
+        raise ValueError(msg)
+
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["error"])  # stable: ties in order
+    win = order[0]
+    c, res, _ = states[win]
+    K = c["n_subspaces"]
+    row = rows[win]
+    for r in rows:
+        r["refit"] = False
+    if refit and c["method"] != "svd":
+        t0 = time.perf_counter()
+        full = _make_fitter(E, w, c["method"], c["p"], K, FULL, None)
+        w_fit = w.copy()
+        w_fit[res.exact] = 0.0
+        state = full.fit(res.rank, w_fit, init=res.state)
+        better = _rounds(full, w, total, res.rank, res.n_exact, state, n_rounds)
+        row["seconds"] += time.perf_counter() - t0
+        if better.error < res.error:
+            res = better
+            row.update(error=res.error, refit=True,
+                       lp_cost=_row(c, row["doped"], res, (n, d), w, total, budget, K,
+                                    [])["lp_cost"], n_exact=res.n_exact)
+    best = _build(E, w, c["method"], c["p"], K, res, budget, row["splits"])
+    ranked = [rows[i] for i in order]
+    for place, r in enumerate(ranked, 1):
+        r["place"] = place
+    return Plan(ranked, best, skipped, budget, ratio, (n, d), time.perf_counter() - t_start)

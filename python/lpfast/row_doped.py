@@ -1,0 +1,875 @@
+"""Row doping: a low-rank or k-subspace factorization plus a few rows stored exactly.
+
+In vocabulary embeddings the rows a model uses most (frequent tokens, special tokens,
+punctuation) are often the rows farthest from the dominant subspace. A fit that weights
+rows by usage (``usage_weights``) and stores the worst-served heavy rows exactly, refitting
+the factorization without them, serves them all at the same parameter budget. This is the
+doping idea of Thakker et al. (arXiv 2102.07071: W = A ⊗ B + S with S sparse) with S made of
+whole rows, applied to low-rank (Tukan et al., arXiv 2009.05647) and projective (Maalouf et
+al., arXiv 2010.04290) factorizations.
+
+``row_doped_fit`` returns a :class:`RowDoped`: ``reconstruct()``, ``lookup(ids)`` (the
+embedding-layer semantics a torch layer must reproduce), the exact parameter count and a
+plain-array ``to_dict()`` / ``RowDoped.from_dict()``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _core
+from ._validate import as_float, as_float_array, as_int, float_dtype_of
+
+__all__ = ["RowDoped", "row_doped_fit", "usage_weights"]
+
+METHODS = ("svd", "lp", "projective")
+#: Share of the budget spent on exact rows tried by the split search (0 = no doping).
+DEFAULT_EXACT_FRACTIONS = (0.0, 0.0625, 0.125, 0.25, 0.5)
+_FORMAT = "lpfast.row_doped"
+_VERSION = 1
+_ARRAYS = {
+    "lowrank": ("exact_indices", "exact_rows", "U", "Vt"),
+    "projective": ("exact_indices", "exact_rows", "labels", "coefficients", "bases"),
+}
+
+
+# -- usage weights ---------------------------------------------------------------------------
+
+def usage_weights(counts: Any, power: float = 1.0, floor: float = 1.0, *,
+                  normalize: str | None = "mean") -> np.ndarray:
+    """Row weights from token counts: ``w_i = max(counts_i, floor) ** power``, mean 1.
+
+    Pass the result as ``weights=`` to any fit (``lp_subspace``, ``k_subspaces``,
+    ``row_doped_fit``, ``plan_compression``): the fitted cost and the reported error then
+    weigh each row of an embedding (or each output unit) by how much it is used.
+
+    Parameters
+    ----------
+    counts : array_like, shape (n,)
+        Non-negative, finite occurrence counts of each row (token) in a corpus; integers or
+        floats (a torch tensor is accepted).
+    power : float >= 0
+        Exponent of the transform. ``1`` (default): a weighted squared error is the expected
+        squared error per token occurrence of the counting corpus. ``0.5`` damps the head
+        (sqrt-frequency, less tied to one corpus); ``0`` gives uniform weights.
+    floor : float >= 0
+        Counts below ``floor`` are raised to it before the power, so rows never seen in the
+        corpus (count 0) still count as if seen ``floor`` times. Default 1. ``floor=0``
+        gives unseen rows weight 0 (they are then ignored by fits and scores).
+    normalize : {"mean", "sum", None}
+        Scale to mean 1 (default), to sum 1, or leave unscaled. Fits are invariant to a
+        common scale; mean 1 keeps weighted costs comparable to unweighted ones.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+        Non-negative weights with a positive sum.
+
+    Raises
+    ------
+    ValueError
+        ``counts`` not 1-d, empty, negative or non-finite; ``power`` or ``floor`` negative;
+        all weights zero.
+
+    Notes
+    -----
+    O(n). Example: ``w = lpfast.usage_weights(np.bincount(token_ids, minlength=vocab))``.
+    """
+    if hasattr(counts, "detach") and hasattr(counts, "numpy"):
+        counts = counts.detach().cpu().numpy()
+    c = as_float_array(counts, "counts", np.dtype(np.float64), ndim=1)
+    if c.shape[0] == 0:
+        msg = "counts: expected at least one count, got an empty array"
+        raise ValueError(msg)
+    if (c < 0).any():
+        msg = "counts: must be non-negative"
+        raise ValueError(msg)
+    power = as_float(power, "power", low=0.0)
+    floor = as_float(floor, "floor", low=0.0)
+    if normalize not in ("mean", "sum", None):
+        msg = f"normalize: expected 'mean', 'sum' or None, got {normalize!r}"
+        raise ValueError(msg)
+    w = np.maximum(c, floor) ** power
+    total = float(w.sum())
+    if not (total > 0 and np.isfinite(total)):
+        msg = (f"counts: the weights max(counts, floor={floor}) ** {power} have sum {total}; "
+               f"need a positive finite sum (raise floor?)")
+        raise ValueError(msg)
+    if normalize == "mean":
+        w *= w.shape[0] / total
+    elif normalize == "sum":
+        w /= total
+    return w
+
+
+# -- parameter accounting --------------------------------------------------------------------
+
+def _kind(method: str) -> str:
+    return "projective" if method == "projective" else "lowrank"
+
+
+def n_params_formula(method: str, n: int, d: int, rank: int, n_exact: int,
+                     n_subspaces: int = 1) -> int:
+    """Numbers stored by a row-doped factorization of an (n, d) matrix.
+
+    Low rank (``"svd"``, ``"lp"``): ``(n - R) * k + k * d + R * (d + 1)`` (U for the
+    non-exact rows, Vt, the exact rows' values and their indices). Projective:
+    ``(n - R) * (j + 1) + K * d * j + R * (d + 1)`` (a label and j coefficients per
+    non-exact row, K bases of shape (d, j), exact rows and indices). Every index and label
+    counts as one number, as every value does.
+    """
+    if _kind(method) == "lowrank":
+        return (n - n_exact) * rank + rank * d + n_exact * (d + 1)
+    return (n - n_exact) * (rank + 1) + n_subspaces * d * rank + n_exact * (d + 1)
+
+
+def _max_rank(kind: str, n: int, d: int, budget: int, R: int, K: int) -> int:
+    """Largest rank (k or j) with n_params <= budget at R exact rows (may be < 1)."""
+    left = budget - R * (d + 1)
+    if kind == "lowrank":
+        return left // (n - R + d) if left >= 0 else -1
+    left -= n - R
+    return left // (n - R + K * d) if left >= 0 else -1
+
+
+def _rank_cap(kind: str, n: int, d: int, R: int, K: int) -> int:
+    if kind == "lowrank":
+        return min(d, n)
+    return min(d - 1, n // K)
+
+
+def _max_exact(kind: str, n: int, d: int, budget: int, rank: int, K: int) -> int:
+    """Largest R with n_params <= budget at this rank (may be < 0)."""
+    if kind == "lowrank":
+        fixed, per_row = n * rank + rank * d, d + 1 - rank
+    else:
+        fixed, per_row = n * (rank + 1) + K * d * rank, d - rank
+    left = budget - fixed
+    if left < 0:
+        return -1
+    return n if per_row <= 0 else min(n, left // per_row)
+
+
+def _min_budget(kind: str, n: int, d: int, K: int) -> int:
+    return n_params_formula("projective" if kind == "projective" else "svd", n, d, 1, 0, K)
+
+
+# -- fitters: one per kind, over validated arrays ----------------------------------------------
+
+class _LowRankFitter:
+    """Fits and scores orthonormal bases V (d, k); state = V."""
+
+    def __init__(self, E: np.ndarray, w: np.ndarray, method: str, p: float, max_iter: int,
+                 tol: float, refit_iter: int):
+        self.E, self.w, self.method, self.p = E, w, method, p
+        self.max_iter, self.tol, self.refit_iter = max_iter, tol, refit_iter
+
+    def fit(self, rank: int, w_fit: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
+        wx = np.ascontiguousarray(w_fit, dtype=self.E.dtype)
+        if self.method == "svd":
+            return _core.weighted_pca(self.E, wx, rank)
+        from .subspace import lp_subspace
+
+        if init is None:
+            return lp_subspace(self.E, rank, self.p, weights=wx, max_iter=self.max_iter,
+                               tol=self.tol).basis
+        return lp_subspace(self.E, rank, self.p, weights=wx, init=init,
+                           max_iter=self.refit_iter, tol=self.tol).basis
+
+    @staticmethod
+    def truncate(V: np.ndarray, rank: int) -> np.ndarray:
+        return np.ascontiguousarray(V[:, :rank])
+
+    def residuals(self, V: np.ndarray) -> tuple[np.ndarray, Any]:
+        dist = _core.subspace_distances(self.E, V).astype(np.float64)
+        return dist * dist, None
+
+
+class _ProjectiveFitter:
+    """Fits and scores k-subspace bases (K, d, j); state = bases."""
+
+    def __init__(self, E: np.ndarray, w: np.ndarray, K: int, p: float, n_init: int,
+                 max_iter: int, tol: float, refit_iter: int, seed: Any):
+        self.E, self.w, self.K, self.p = E, w, K, p
+        self.n_init, self.max_iter, self.tol, self.refit_iter = n_init, max_iter, tol, refit_iter
+        self.seed = seed
+        from .projective import _default_eps
+
+        self.eps = _default_eps(E, w)  # k_subspaces' default for the full weights
+
+    def fit(self, rank: int, w_fit: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
+        from .projective import k_subspaces
+
+        if init is None:
+            res = k_subspaces(self.E, self.K, rank, self.p, weights=w_fit, n_init=self.n_init,
+                              max_iter=self.max_iter, tol=self.tol, eps=self.eps,
+                              seed=self.seed)
+            return res.bases
+        # A warm refit: the arguments are validated already; calling the kernel directly
+        # skips k_subspaces' checks and its final assignment (residuals() does one).
+        bases = _core.k_subspaces_fit(self.E, np.ascontiguousarray(w_fit, dtype=np.float64),
+                                      self.K, rank, self.p, self.refit_iter, self.tol,
+                                      self.eps, 3, 0, 1, 0, np.ascontiguousarray(init))[0]
+        return np.asarray(bases)
+
+    @staticmethod
+    def truncate(B: np.ndarray, rank: int) -> np.ndarray:
+        return np.ascontiguousarray(B[:, :, :rank])
+
+    def residuals(self, B: np.ndarray) -> tuple[np.ndarray, Any]:
+        labels, dist2, coef = _core.k_subspaces_assign(self.E, B)
+        return np.maximum(np.asarray(dist2, dtype=np.float64), 0.0), (labels, coef)
+
+
+class _SplitResult:
+    __slots__ = ("rank", "n_exact", "state", "exact", "aux", "r2", "error", "round_errors",
+                 "seconds")
+
+    def __init__(self, rank, n_exact, state, exact, aux, r2, error, round_errors, seconds):
+        self.rank, self.n_exact, self.state, self.exact, self.aux = rank, n_exact, state, exact, aux
+        self.r2, self.error, self.round_errors, self.seconds = r2, error, round_errors, seconds
+
+
+def _top_rows(score: np.ndarray, R: int) -> np.ndarray:
+    """Sorted indices of the R largest scores (ties to the lowest index)."""
+    if R == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.argsort(-score, kind="stable")[:R]
+    return np.sort(order).astype(np.int64)
+
+
+def _rounds(fitter, w: np.ndarray, total: float, rank: int, R: int, state: np.ndarray,
+            n_rounds: int, heavy: np.ndarray | None = None) -> _SplitResult:
+    """Alternate: exact rows = top-R weighted residuals; refit without them. Keep the best.
+
+    Round 0 scores ``state`` as given. The first refit leaves out those R rows *and* the R
+    heaviest rows (``heavy``: rows by decreasing ``w_i ||e_i||^2``): a heavy row far from
+    the bulk pulls a fit towards itself, so its residual (and its chance to be stored
+    exactly) is small while it costs the bulk a direction; fitted without it, the bulk
+    shows its residual. Later refits leave out the current exact rows.
+    """
+    t0 = time.perf_counter()
+    best: _SplitResult | None = None
+    prev = None
+    errors = []
+    for rnd in range(n_rounds + 1):
+        r2, aux = fitter.residuals(state)
+        score = w * r2
+        exact = _top_rows(score, R)
+        keep = np.ones(score.shape[0], dtype=bool)
+        keep[exact] = False
+        err = math.sqrt(max(float(score[keep].sum()), 0.0) / total) if total > 0 else 0.0
+        errors.append(err)
+        if best is None or err < best.error:
+            best = _SplitResult(rank, R, state, exact, aux, r2, err, errors, 0.0)
+        if R == 0 or rnd == n_rounds or (prev is not None and np.array_equal(prev, exact)):
+            break
+        prev = exact
+        w_fit = w.copy()
+        w_fit[exact] = 0.0
+        if rnd == 0 and heavy is not None:
+            w_fit[heavy[:R]] = 0.0
+            prev = None  # the next choice is not a repeat of this refit's
+        if not w_fit.sum() > 0:
+            break
+        state = fitter.fit(rank, w_fit, init=state)
+    best.round_errors = errors
+    best.seconds = time.perf_counter() - t0
+    return best
+
+
+def _splits(kind: str, n: int, d: int, budget: int, K: int,
+            fractions: tuple[float, ...]) -> list[tuple[int, int]]:
+    """(rank, n_exact) pairs: R from each budget fraction, the largest rank that fits, then
+    (for R > 0) as many more exact rows as the rest of the budget pays for."""
+    out: list[tuple[int, int]] = []
+    for f in fractions:
+        R = int(f * budget) // (d + 1)
+        rank = _max_rank(kind, n, d, budget, R, K)
+        rank = min(rank, _rank_cap(kind, n, d, R, K))
+        if rank < 1:
+            continue
+        if R > 0:
+            R = min(_max_exact(kind, n, d, budget, rank, K), n - 1)
+        if R >= 0 and (rank, R) not in out:
+            out.append((rank, R))
+    return out
+
+
+# -- the result ------------------------------------------------------------------------------
+
+class RowDoped:
+    """A factorization of E (n, d) plus rows stored exactly; result of :func:`row_doped_fit`.
+
+    Row i of the reconstruction is ``exact_rows[s]`` if ``i == exact_indices[s]``, else the
+    factorization's row: with ``rest = rest_indices`` (the other rows, increasing) and
+    ``t`` the position of i in ``rest`` (``t = i - searchsorted(exact_indices, i)``):
+
+    * low rank (``"svd"``, ``"lp"``): ``U[t] @ Vt``;
+    * projective: ``coefficients[t] @ bases[labels[t]].T``.
+
+    Attributes
+    ----------
+    method : {"svd", "lp", "projective"}
+    p : float
+        Exponent of the fitted cost (2 for ``"svd"``).
+    shape : tuple (n, d)
+    rank : int
+        k (low rank) or j, the dimension of each subspace (projective).
+    n_subspaces : int
+        K (projective); 1 for low rank.
+    exact_indices : ndarray of int64, shape (R,)
+        Sorted, distinct rows stored exactly.
+    exact_rows : ndarray, shape (R, d), E's dtype
+        ``E[exact_indices]``.
+    U : ndarray, shape (n - R, k), and Vt : ndarray, shape (k, d)
+        Low rank only (else None): ``U = E[rest] @ Vt.T`` with Vt orthonormal rows.
+    labels : ndarray of int64, shape (n - R,); coefficients : ndarray, shape (n - R, j);
+    bases : ndarray, shape (K, d, j)
+        Projective only (else None): subspace of each non-exact row, its coordinates, and
+        the orthonormal bases.
+    error : float
+        Weighted relative error on the fitted E:
+        ``sqrt(sum_i w_i ||e_i - ê_i||^2 / sum_i w_i ||e_i||^2)`` (0 for exact rows).
+    cost : float
+        The lp cost of the residuals, ``sum_i w_i ||e_i - ê_i||^p`` at this ``p``.
+    budget : int or None
+        The parameter budget the fit was asked to respect.
+    history : list of dict
+        Splits tried: ``rank``, ``n_exact``, ``n_params``, ``error`` (best round),
+        ``round_errors``, ``seconds``.
+    """
+
+    __slots__ = ("method", "p", "shape", "rank", "n_subspaces", "exact_indices", "exact_rows",
+                 "U", "Vt", "labels", "coefficients", "bases", "error", "cost", "budget",
+                 "history")
+
+    def __init__(self, *, method: str, p: float, shape: tuple[int, int], rank: int,
+                 n_subspaces: int, exact_indices: np.ndarray, exact_rows: np.ndarray,
+                 U: np.ndarray | None = None, Vt: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, coefficients: np.ndarray | None = None,
+                 bases: np.ndarray | None = None, error: float = float("nan"),
+                 cost: float = float("nan"), budget: int | None = None,
+                 history: list[dict[str, Any]] | None = None):
+        self.method, self.p, self.shape = method, float(p), (int(shape[0]), int(shape[1]))
+        self.rank, self.n_subspaces = int(rank), int(n_subspaces)
+        self.exact_indices, self.exact_rows = exact_indices, exact_rows
+        self.U, self.Vt = U, Vt
+        self.labels, self.coefficients, self.bases = labels, coefficients, bases
+        self.error, self.cost = float(error), float(cost)
+        self.budget = None if budget is None else int(budget)
+        self.history = [] if history is None else history
+
+    # -- sizes --
+
+    @property
+    def n_exact(self) -> int:
+        return int(self.exact_indices.shape[0])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.exact_rows.dtype
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in _ARRAYS[_kind(self.method)]}
+
+    @property
+    def n_params(self) -> int:
+        """Numbers stored: every factor entry, exact value, exact-row index and label.
+
+        Equals ``sum(a.size for a in arrays of to_dict())`` and the closed form
+        ``lpfast.row_doped.n_params_formula``.
+        """
+        return int(sum(a.size for a in self._arrays().values()))
+
+    @property
+    def compression_ratio(self) -> float:
+        """``n * d / n_params``."""
+        return self.shape[0] * self.shape[1] / self.n_params
+
+    @property
+    def rest_indices(self) -> np.ndarray:
+        """Rows served by the factorization (not stored exactly), increasing; int64 (n - R,)."""
+        keep = np.ones(self.shape[0], dtype=bool)
+        keep[self.exact_indices] = False
+        return np.flatnonzero(keep).astype(np.int64)
+
+    # -- evaluation --
+
+    def _factor_rows(self, t: np.ndarray) -> np.ndarray:
+        if self.U is not None:
+            return self.U[t] @ self.Vt
+        out = np.empty((t.shape[0], self.shape[1]), dtype=self.dtype)
+        lab = self.labels[t]
+        for c in range(self.bases.shape[0]):
+            sel = np.flatnonzero(lab == c)
+            if sel.size:
+                out[sel] = self.coefficients[t[sel]] @ self.bases[c].T
+        return out
+
+    def reconstruct(self) -> np.ndarray:
+        """The approximation of E, shape (n, d), E's dtype. O(n d k) (low rank) or
+        O(n d j) (projective)."""
+        out = np.empty(self.shape, dtype=self.dtype)
+        out[self.rest_indices] = self._factor_rows(np.arange(self.shape[0] - self.n_exact))
+        out[self.exact_indices] = self.exact_rows
+        return out
+
+    def lookup(self, ids: Any) -> np.ndarray:
+        """Rows ``ids`` of the reconstruction, shape ``ids.shape + (d,)``: the semantics of
+        an embedding layer built from this result (the NumPy version of the torch layer).
+
+        Exact ids return their stored row; any other id i reads factor row
+        ``t = i - searchsorted(exact_indices, i)``. O(len(ids) * (log R + d k)).
+        """
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            msg = f"ids: expected an integer array, got dtype {ids.dtype}"
+            raise TypeError(msg)
+        flat = ids.reshape(-1).astype(np.int64)
+        n = self.shape[0]
+        if flat.size and (flat.min() < 0 or flat.max() >= n):
+            msg = f"ids: expected values in [0, {n}), got range [{flat.min()}, {flat.max()}]"
+            raise ValueError(msg)
+        pos = np.searchsorted(self.exact_indices, flat)
+        is_exact = np.zeros(flat.shape[0], dtype=bool)
+        if self.n_exact:
+            is_exact = self.exact_indices[np.minimum(pos, self.n_exact - 1)] == flat
+        out = np.empty((flat.shape[0], self.shape[1]), dtype=self.dtype)
+        out[is_exact] = self.exact_rows[pos[is_exact]]
+        rest = ~is_exact
+        out[rest] = self._factor_rows(flat[rest] - pos[rest])
+        return out.reshape(*ids.shape, self.shape[1])
+
+    # -- plain-array state --
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain state: NumPy arrays (the stored numbers) and Python scalars (metadata).
+
+        Keys: ``format`` ("lpfast.row_doped"), ``version`` (1), ``method``, ``p``, ``n_rows``,
+        ``n_cols``, ``rank``, ``n_subspaces``, ``error``, ``cost``, ``budget`` (int or
+        None), and the arrays ``exact_indices`` (int64, (R,)), ``exact_rows`` ((R, d)), then
+        ``U`` ((n-R, k)), ``Vt`` ((k, d)) for low rank, or ``labels`` (int64, (n-R,)),
+        ``coefficients`` ((n-R, j)), ``bases`` ((K, d, j)) for projective. The arrays are
+        the result's own (not copies); their sizes sum to ``n_params``.
+        """
+        state: dict[str, Any] = {
+            "format": _FORMAT, "version": _VERSION, "method": self.method, "p": self.p,
+            "n_rows": self.shape[0], "n_cols": self.shape[1], "rank": self.rank,
+            "n_subspaces": self.n_subspaces, "error": self.error, "cost": self.cost,
+            "budget": self.budget,
+        }
+        state.update(self._arrays())
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> RowDoped:
+        """Rebuild from :meth:`to_dict` output (arrays may be torch tensors); validated:
+        ``ValueError``/``TypeError`` naming the offending key."""
+        if not isinstance(state, dict):
+            msg = f"state: expected a dict from RowDoped.to_dict(), got {type(state).__name__}"
+            raise TypeError(msg)
+
+        def get(key):
+            if key not in state:
+                msg = f"state: missing key {key!r}"
+                raise ValueError(msg)
+            return state[key]
+
+        if get("format") != _FORMAT:
+            msg = f"state['format']: expected {_FORMAT!r}, got {state['format']!r}"
+            raise ValueError(msg)
+        method = get("method")
+        if method not in METHODS:
+            msg = f"state['method']: expected one of {METHODS}, got {method!r}"
+            raise ValueError(msg)
+        n = as_int(get("n_rows"), "state['n_rows']", low=1)
+        d = as_int(get("n_cols"), "state['n_cols']", low=1)
+        rank = as_int(get("rank"), "state['rank']", low=1)
+        K = as_int(get("n_subspaces"), "state['n_subspaces']", low=1)
+        kind = _kind(method)
+
+        def ints(key, length, high):
+            a = get(key)
+            a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+            if a.dtype.kind not in "iu" or a.ndim != 1 or a.shape[0] != length:
+                msg = f"state[{key!r}]: expected an integer array of shape ({length},), got " \
+                      f"{a.dtype} {a.shape}"
+                raise ValueError(msg)
+            if a.size and (a.min() < 0 or a.max() >= high):
+                msg = f"state[{key!r}]: values must lie in [0, {high})"
+                raise ValueError(msg)
+            return np.ascontiguousarray(a, dtype=np.int64)
+
+        rows = get("exact_rows")
+        dtype = float_dtype_of(rows.detach().cpu().numpy() if hasattr(rows, "detach") else rows,
+                               "state['exact_rows']") or np.dtype(np.float64)
+
+        def floats(key, shape):
+            a = as_float_array(get(key), f"state[{key!r}]", dtype)
+            if a.shape != shape:
+                msg = f"state[{key!r}]: expected shape {shape}, got {a.shape}"
+                raise ValueError(msg)
+            return a
+
+        exact_rows = as_float_array(rows, "state['exact_rows']", dtype, ndim=2)
+        R = exact_rows.shape[0]
+        if exact_rows.shape[1] != d or R > n:
+            msg = f"state['exact_rows']: expected shape (R <= {n}, {d}), got {exact_rows.shape}"
+            raise ValueError(msg)
+        exact = ints("exact_indices", R, n)
+        if R > 1 and not (np.diff(exact) > 0).all():
+            msg = "state['exact_indices']: must be strictly increasing"
+            raise ValueError(msg)
+        parts: dict[str, Any] = {}
+        if kind == "lowrank":
+            parts["U"] = floats("U", (n - R, rank))
+            parts["Vt"] = floats("Vt", (rank, d))
+        else:
+            parts["labels"] = ints("labels", n - R, K)
+            parts["coefficients"] = floats("coefficients", (n - R, rank))
+            parts["bases"] = floats("bases", (K, d, rank))
+        budget = state.get("budget")
+        return cls(method=method, p=as_float(state.get("p", 2.0), "state['p']", low=1.0),
+                   shape=(n, d), rank=rank, n_subspaces=K, exact_indices=exact,
+                   exact_rows=exact_rows, error=float(state.get("error", float("nan"))),
+                   cost=float(state.get("cost", float("nan"))),
+                   budget=None if budget is None else int(budget), **parts)
+
+    def __repr__(self) -> str:
+        n, d = self.shape
+        sub = f", n_subspaces={self.n_subspaces}" if self.method == "projective" else ""
+        return (f"RowDoped(method={self.method!r}, p={self.p:g}, shape=({n}, {d}), "
+                f"rank={self.rank}{sub}, n_exact={self.n_exact}, n_params={self.n_params}, "
+                f"ratio={self.compression_ratio:.2f}, error={self.error:.6g}, "
+                f"dtype={self.dtype})")
+
+
+# -- validation and the public fit -----------------------------------------------------------
+
+def _as_matrix(E: Any) -> np.ndarray:
+    if hasattr(E, "detach") and hasattr(E, "numpy"):
+        E = E.detach().numpy()
+    E = np.asarray(E)
+    dtype = float_dtype_of(E, "E") or np.dtype(np.float64)
+    E = as_float_array(E, "E", dtype, ndim=2)
+    if E.shape[0] < 2 or E.shape[1] < 2:
+        msg = f"E: expected an (n, d) matrix with n, d >= 2, got shape {E.shape}"
+        raise ValueError(msg)
+    return E
+
+
+def _as_row_weights(weights: Any, n: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(n)
+    if hasattr(weights, "detach") and hasattr(weights, "numpy"):
+        weights = weights.detach().cpu().numpy()
+    w = as_float_array(weights, "weights", np.dtype(np.float64), ndim=1)
+    if w.shape[0] != n:
+        msg = f"weights: expected shape ({n},) (one per row of E), got {w.shape}"
+        raise ValueError(msg)
+    if (w < 0).any() or not w.sum() > 0:
+        msg = "weights: must be non-negative with a positive sum"
+        raise ValueError(msg)
+    return w
+
+
+def _check_method(method: Any, p: float) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        msg = f"method: expected one of {METHODS}, got {method!r}"
+        raise ValueError(msg)
+    if method == "svd" and p != 2.0:
+        msg = f"p: method 'svd' is the p = 2 fit, got p={p}; use method='lp' for p != 2"
+        raise ValueError(msg)
+    return method
+
+
+def _check_fractions(fractions: Any) -> tuple[float, ...]:
+    if isinstance(fractions, (str, bytes)) or not hasattr(fractions, "__iter__"):
+        msg = f"exact_fractions: expected a sequence of fractions in [0, 1], got {fractions!r}"
+        raise TypeError(msg)
+    fr = tuple(as_float(f, "exact_fractions", low=0.0, high=1.0) for f in fractions)
+    if not fr:
+        msg = "exact_fractions: expected at least one fraction"
+        raise ValueError(msg)
+    return fr
+
+
+class _Effort:
+    """Iteration settings of one fit: full (row_doped_fit defaults) or screening (planner)."""
+
+    __slots__ = ("max_iter", "tol", "refit_iter", "n_init")
+
+    def __init__(self, max_iter: int = 100, tol: float = 1e-6, refit_iter: int = 100,
+                 n_init: int = 10):
+        self.max_iter, self.tol, self.refit_iter, self.n_init = max_iter, tol, refit_iter, n_init
+
+
+def _make_fitter(E, w, method, p, K, effort: _Effort, seed):
+    if method == "projective":
+        return _ProjectiveFitter(E, w, K, p, effort.n_init, effort.max_iter, effort.tol,
+                                 effort.refit_iter, seed)
+    return _LowRankFitter(E, w, method, p, effort.max_iter, effort.tol, effort.refit_iter)
+
+
+def _search(fitter, w: np.ndarray, heavy: np.ndarray, total: float,
+            splits: list[tuple[int, int]], n_rounds: int,
+            report: Callable[[_SplitResult], Any] | None = None,
+            extend: Callable[[list[_SplitResult]], tuple[int, int] | None] | None = None,
+            ) -> list[_SplitResult]:
+    """Fit once at the largest rank of ``splits``, then run ``n_rounds`` doping rounds per
+    split, each starting from that fit truncated to the split's rank (leading columns).
+    ``extend(results)`` may return one more split to try (None: done)."""
+    top = max(rank for rank, _ in splits)
+    t0 = time.perf_counter()
+    start = fitter.fit(top, w)
+    fit_seconds = time.perf_counter() - t0
+    out: list[_SplitResult] = []
+    todo = list(splits)
+    while todo:
+        rank, R = todo.pop(0)
+        state = start if rank == top else fitter.truncate(start, rank)
+        if R == 0 and rank != top:
+            state = fitter.fit(rank, w, init=state)
+        res = _rounds(fitter, w, total, rank, R, state, n_rounds, heavy)
+        if rank == top and R == 0:
+            res.seconds += fit_seconds
+        out.append(res)
+        if report is not None:
+            report(res)
+        if not todo and extend is not None:
+            nxt = extend(out)
+            if nxt is not None:
+                todo.append(nxt)
+    if all(not (rank == top and R == 0) for rank, R in splits):
+        out[0].seconds += fit_seconds  # the shared start fit is charged to the first split
+    return out
+
+
+def _extender(kind: str, n: int, d: int, budget: int, K: int, fractions: tuple[float, ...],
+              max_steps: int = 3) -> Callable[[list[_SplitResult]], tuple[int, int] | None]:
+    """Widen the split grid while its best doped split sits at an end: try halfway from the
+    largest fraction to 1, or half the smallest; at most ``max_steps`` extra splits."""
+    tried = {}  # (rank, R) -> fraction
+    for f in fractions:
+        for split in _splits(kind, n, d, budget, K, (f,)):
+            tried.setdefault(split, f)
+    steps = [0]
+
+    def extend(results: list[_SplitResult]) -> tuple[int, int] | None:
+        doped = [r for r in results if r.n_exact > 0 and (r.rank, r.n_exact) in tried]
+        if not doped or steps[0] >= max_steps:
+            return None
+        best = min(doped, key=lambda r: r.error)
+        fb = tried[(best.rank, best.n_exact)]
+        fs = [tried[(r.rank, r.n_exact)] for r in doped]
+        if fb >= max(fs):
+            f = (fb + 1.0) / 2
+        elif fb <= min(fs) and fb > 1 / 256:
+            f = fb / 2
+        else:
+            return None
+        new = [sp for sp in _splits(kind, n, d, budget, K, (f,)) if sp[1] > 0]
+        if not new or new[0] in tried:
+            return None
+        tried[new[0]] = f
+        steps[0] += 1
+        return new[0]
+
+    return extend
+
+
+def _build(E: np.ndarray, w: np.ndarray, method: str, p: float, K: int, res: _SplitResult,
+           budget: int | None, history: list[dict[str, Any]]) -> RowDoped:
+    n, d = E.shape
+    exact = res.exact
+    keep = np.ones(n, dtype=bool)
+    keep[exact] = False
+    cost = float(w[keep] @ (res.r2[keep] ** (p / 2)))
+    common = dict(method=method, p=p, shape=(n, d), rank=res.rank, n_subspaces=K,
+                  exact_indices=exact, exact_rows=E[exact], error=res.error, cost=cost,
+                  budget=budget, history=history)
+    if method == "projective":
+        labels, coef = res.aux
+        return RowDoped(labels=np.ascontiguousarray(labels[keep], dtype=np.int64),
+                        coefficients=np.ascontiguousarray(coef[keep]),
+                        bases=np.ascontiguousarray(res.state), **common)
+    V = res.state
+    U = E @ V
+    return RowDoped(U=np.ascontiguousarray(U[keep]) if exact.size else U,
+                    Vt=np.ascontiguousarray(V.T), **common)
+
+
+def _history(method, n, d, K, results: list[_SplitResult]) -> list[dict[str, Any]]:
+    return [{"rank": r.rank, "n_exact": r.n_exact,
+             "n_params": n_params_formula(method, n, d, r.rank, r.n_exact, K),
+             "error": r.error, "round_errors": list(r.round_errors), "seconds": r.seconds}
+            for r in results]
+
+
+def row_doped_fit(E: Any, method: str, budget: int, *, weights: Any = None, p: float = 2.0,
+                  rank: int | None = None, n_exact: int | None = None,
+                  n_subspaces: int | None = None, seed: Any = None, n_rounds: int = 2,
+                  exact_fractions: Any = DEFAULT_EXACT_FRACTIONS, max_iter: int = 100,
+                  extend_grid: bool = True, tol: float = 1e-6, n_init: int = 10,
+                  verbose: bool = False) -> RowDoped:
+    """Represent E as a factorization plus R rows stored exactly, within a parameter budget.
+
+    Rows are chosen by weighted residual ``w_i * ||e_i - ê_i||^2``: the R largest are
+    stored exactly, the factorization is refit with their weights set to 0, the R rows are
+    chosen again from the new residuals, and so on for ``n_rounds`` refits (or until the
+    choice repeats); the round with the lowest weighted error is kept.
+
+    Parameters
+    ----------
+    E : array_like, shape (n, d)
+        The matrix (embedding table, or a Linear weight of shape (out, in): its rows are the
+        output units). float32 or float64 (kept; integers -> float64); any layout
+        (converted once to C order when needed); never modified, never copied otherwise.
+    method : {"svd", "lp", "projective"}
+        The factorization of the non-exact rows: ``"svd"`` the weighted rank-k SVD basis;
+        ``"lp"`` the rank-k lp subspace (:func:`lpfast.lp_subspace`, IRLS); for both,
+        ``E ≈ U Vt`` with ``U = E V``. ``"projective"``: ``n_subspaces`` subspaces of
+        dimension j (:func:`lpfast.k_subspaces`), each row projected on its nearest one.
+    budget : int
+        Most numbers to store (see Notes): e.g. ``n * d // ratio``.
+    weights : array_like, shape (n,), optional
+        Non-negative row weights (default 1), e.g. ``usage_weights(counts)``; used by the
+        fits, the choice of exact rows and the reported error.
+    p : float >= 1
+        Exponent of the fitted cost, for ``"lp"`` and ``"projective"``; must be 2 for "svd".
+    rank : int, optional
+        k (low rank) or j (projective). With ``n_exact`` too: that split exactly (it must
+        fit the budget). Alone: R = as many exact rows as the rest of the budget pays for.
+    n_exact : int, optional
+        R. Alone: the largest rank that fits with R exact rows.
+    n_subspaces : int, optional
+        K for ``"projective"`` (required there; not allowed otherwise).
+    seed : int, numpy Generator or None
+        Seed of the k-subspace restarts (projective); low-rank fits are deterministic.
+    n_rounds : int >= 0
+        Refits without the exact rows per split (0: choose rows once from the first fit).
+    exact_fractions : sequence of float in [0, 1]
+        With neither ``rank`` nor ``n_exact``: the split search. For each fraction f,
+        ``R = floor(f * budget / (d + 1))``, the largest rank that fits, then R raised to
+        use what the budget has left. The split with the lowest weighted error wins;
+        fraction 0 (no doping, the largest rank) is in the default grid, so the result is
+        never worse than the undoped fit of the same budget.
+    extend_grid : bool
+        While the best split with exact rows is at an end of the ``exact_fractions`` grid,
+        also try the fraction halfway to 1 (or half the smallest): up to 3 more splits.
+    max_iter, tol : int, float
+        IRLS steps (``"lp"``) / Lloyd iterations (``"projective"``) and relative tolerance
+        of each fit.
+    n_init : int >= 1
+        Restarts of the first k-subspace fit (projective).
+    verbose : bool
+        Print each split's result to stderr.
+
+    Returns
+    -------
+    RowDoped
+        ``reconstruct()``, ``lookup(ids)``, ``n_params``, ``error`` (weighted relative),
+        ``cost`` (lp), ``to_dict()`` / ``RowDoped.from_dict()``.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, NaN/Inf, wrong ``weights`` length, a ``budget`` too small for rank 1
+        (or for the given split), ``rank``/``n_exact``/``n_subspaces`` out of range.
+    TypeError
+        Non-integer budget, rank, n_exact.
+
+    Notes
+    -----
+    Parameter count (every index and label counts as one number), with R exact rows:
+    low rank ``(n - R) k + k d + R (d + 1)``; projective ``(n - R)(j + 1) + K d j +
+    R (d + 1)``. An exact row costs ``d + 1`` and saves ``k`` (``j + 1``).
+
+    Cost: one fit at the largest rank (``"svd"``: one weighted Gram, O(n d^2); ``"lp"``:
+    O(n d^2) per IRLS step; projective: O(n d K j + n d^2) per Lloyd iteration), then per
+    split up to ``n_rounds`` warm-started refits at the split's rank plus one O(n d k)
+    residual pass per round and an O(n log n) sort. Later splits start from the first fit
+    truncated to their rank (its leading columns). Deterministic for a seed and thread count.
+    """
+    E = _as_matrix(E)
+    n, d = E.shape
+    p = as_float(p, "p", low=1.0)
+    method = _check_method(method, p)
+    kind = _kind(method)
+    if method == "projective":
+        if n_subspaces is None:
+            msg = "n_subspaces: required for method='projective'"
+            raise ValueError(msg)
+        K = as_int(n_subspaces, "n_subspaces", low=1, high=n)
+    else:
+        if n_subspaces is not None and n_subspaces != 1:
+            msg = f"n_subspaces: only for method='projective', got {n_subspaces!r}"
+            raise ValueError(msg)
+        K = 1
+    budget = as_int(budget, "budget", low=1)
+    least = _min_budget(kind, n, d, K)
+    if budget < least:
+        msg = (f"budget: {budget} is too small for method={method!r} on a {n} x {d} matrix; "
+               f"rank 1 needs {least}")
+        raise ValueError(msg)
+    w = _as_row_weights(weights, n)
+    n_rounds = as_int(n_rounds, "n_rounds", low=0)
+    max_iter = as_int(max_iter, "max_iter", low=1)
+    tol = as_float(tol, "tol", low=0.0)
+    n_init = as_int(n_init, "n_init", low=1)
+    cap = _rank_cap(kind, n, d, 0, K)
+    if rank is not None:
+        rank = as_int(rank, "rank", low=1, high=cap)
+    if n_exact is not None:
+        n_exact = as_int(n_exact, "n_exact", low=0, high=n - 1)
+
+    extend = None
+    if rank is not None and n_exact is not None:
+        need = n_params_formula(method, n, d, rank, n_exact, K)
+        if need > budget:
+            msg = (f"budget: {budget} is too small for rank={rank} with n_exact={n_exact} "
+                   f"(needs {need})")
+            raise ValueError(msg)
+        splits = [(rank, n_exact)]
+    elif rank is not None:
+        R = min(_max_exact(kind, n, d, budget, rank, K), n - 1)
+        if R < 0:
+            need = n_params_formula(method, n, d, rank, 0, K)
+            msg = f"budget: {budget} is too small for rank={rank} (needs {need})"
+            raise ValueError(msg)
+        splits = [(rank, R)]
+    elif n_exact is not None:
+        k = min(_max_rank(kind, n, d, budget, n_exact, K), cap)
+        if k < 1:
+            need = n_params_formula(method, n, d, 1, n_exact, K)
+            msg = f"budget: {budget} is too small for n_exact={n_exact} at rank 1 (needs {need})"
+            raise ValueError(msg)
+        splits = [(k, n_exact)]
+    else:
+        fractions = _check_fractions(exact_fractions)
+        splits = _splits(kind, n, d, budget, K, fractions)
+        extend = _extender(kind, n, d, budget, K, fractions) if extend_grid else None
+        if not splits:
+            msg = f"budget: {budget} leaves no split of exact_fractions with rank >= 1"
+            raise ValueError(msg)
+
+    sq = w * np.einsum("ij,ij->i", E, E, dtype=np.float64)
+    total = float(sq.sum())
+    heavy = np.argsort(-sq, kind="stable")
+    effort = _Effort(max_iter, tol, max_iter, n_init)
+    fitter = _make_fitter(E, w, method, p, K, effort, seed)
+
+    def report(res: _SplitResult) -> None:
+        if verbose:
+            print(f"row_doped_fit[{method}]: rank {res.rank:4d}  exact rows {res.n_exact:6d}  "
+                  f"error {res.error:.6g}  ({res.seconds:.2f} s)", file=sys.stderr, flush=True)
+
+    results = _search(fitter, w, heavy, total, splits, n_rounds, report, extend)
+    best = min(results, key=lambda r: r.error)  # first of equals: the earlier split
+    return _build(E, w, method, p, K, best, budget, _history(method, n, d, K, results))
