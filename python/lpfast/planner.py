@@ -144,7 +144,8 @@ class Plan:
 
     __slots__ = ("rows", "best", "skipped", "budget", "ratio", "shape", "seconds")
 
-    def __init__(self, rows, best, skipped, budget, ratio, shape, seconds):
+    def __init__(self, rows: list[dict[str, Any]], best: RowDoped, skipped: list[dict[str, Any]],
+                 budget: int, ratio: float, shape: tuple[int, int], seconds: float):
         self.rows, self.best, self.skipped = rows, best, skipped
         self.budget, self.ratio, self.shape, self.seconds = budget, ratio, shape, seconds
 
@@ -187,7 +188,7 @@ class Plan:
                 f"best={b['candidate']!r}, error={b['error']:.6g}, rows={len(self.rows)})")
 
 
-def _row(c, doped, res, E_shape, w, total, budget, K, history):
+def _row(c, doped, res, E_shape, w, K, history):
     n, d = E_shape
     n_params = n_params_formula(c["method"], n, d, res.rank, res.n_exact, K)
     keep = np.ones(n, dtype=bool)
@@ -341,7 +342,7 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
         results = _search(fitter, w, heavy, total, splits, n_rounds, extend=extend)
         hist = _history(c["method"], n, d, K, results)
         if False in flags:
-            rows.append(_row(c, False, results[0], (n, d), w, total, budget, K, hist[:1]))
+            rows.append(_row(c, False, results[0], (n, d), w, K, hist[:1]))
             states.append((c, results[0], fitter))
             emit(rows[-1])
         doped = results[1:]
@@ -351,7 +352,7 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
                                 "reason": "no split with exact rows fits the budget"})
                 continue
             best = min(doped, key=lambda r: r.error)
-            row = _row(c, True, best, (n, d), w, total, budget, K, hist[1:])
+            row = _row(c, True, best, (n, d), w, K, hist[1:])
             row["seconds"] = sum(r.seconds for r in doped) + (
                 0.0 if False in flags else results[0].seconds)
             rows.append(row)
@@ -380,8 +381,7 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
         if better.error < res.error:
             res = better
             row.update(error=res.error, refit=True,
-                       lp_cost=_row(c, row["doped"], res, (n, d), w, total, budget, K,
-                                    [])["lp_cost"], n_exact=res.n_exact)
+                       lp_cost=_row(c, row["doped"], res, (n, d), w, K, [])["lp_cost"], n_exact=res.n_exact)
     best = _build(E, w, c["method"], c["p"], K, res, budget, row["splits"])
     ranked = [rows[i] for i in order]
     for place, r in enumerate(ranked, 1):
