@@ -14,7 +14,7 @@ lpfast/reference and lpfast/dense NumPy (< 1: lpfast is faster), and how close t
 prepared lpfast operator comes to a roofline (ideal time / measured time):
 
 * batch 1 (bandwidth bound): bytes moved = the operator's A, B, S data + indices + indptr
-  (``DopedKronecker.nbytes``) + x + y, over DRAM_BANDWIDTH and over L3_BANDWIDTH;
+  (in the layout the call reads: SELL at batch 1, CSR for batches) + x + y, over DRAM_BANDWIDTH and over L3_BANDWIDTH;
 * batch >= 32 (compute bound): flops = 2*N*R*n1*m2*(n2 + m1) + 2*N*nnz over
   PEAK_FLOPS_PER_CORE[dtype] * threads. The same peak is applied to the dense NumPy GEMM
   (2*N*m*n flops) as a sanity check of the peak figure.

@@ -993,3 +993,75 @@ def test_property_matches_reference(p):
     assert_matches(op(x), want, dtype)
     assert op.nnz == S.nnz
     assert op.n_params == R * (m1 * n1 + m2 * n2) + S.nnz + (0 if bias is None else m1 * m2)
+
+
+# -- the SELL layout of the batch-1 path --------------------------------------------------------
+# One row of x goes through S in the SELL-16 layout (sell.hpp), batches through CSR: both
+# must agree with the reference on every structure the layout pads or reorders.
+
+def _sell_case(m1, n1, m2, n2, density, dtype, seed, rank=1):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((rank, m1, n1)).astype(dtype)
+    B = rng.standard_normal((rank, m2, n2)).astype(dtype)
+    S = sp.random(m1 * m2, n1 * n2, density=density, format="csr", dtype=dtype, random_state=seed)
+    return A, B, S, rng
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 2), (1, 1, 1, 1), (4, 4, 4, 4), (5, 2, 7, 3)],
+                         ids=str)
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.6])
+def test_sell_batch1_matches_reference_and_batches(shape, density, dtype):
+    A, B, S, rng = _sell_case(*shape, density, dtype, seed=7, rank=2)
+    bias = rng.standard_normal(shape[0] * shape[2]).astype(dtype)
+    op = lpfast.DopedKronecker(A, B, S, bias)
+    x = rng.standard_normal((3, shape[1] * shape[3])).astype(dtype)
+    want = ref.doped_kp_matmul(x, A, B, S, bias)
+    rtol = 1e-4 if dtype == np.float32 else 1e-11
+    rows = np.stack([op(x[i:i + 1])[0] for i in range(3)])  # SELL, one row at a time
+    np.testing.assert_allclose(rows, want, rtol=rtol, atol=rtol * np.abs(want).max())
+    np.testing.assert_allclose(op(x), want, rtol=rtol, atol=rtol * np.abs(want).max())  # CSR
+
+
+def test_sell_uneven_rows_and_empty_rows():
+    # Rows of very different lengths (and empty ones) in one sorting window; 37 rows is not
+    # a multiple of the slice height 16.
+    rng = np.random.default_rng(3)
+    m, n = 37, 50
+    dense = np.zeros((m, n))
+    for i in range(m):
+        k = (i * 7) % 23 if i % 5 else 0
+        dense[i, rng.choice(n, k, replace=False)] = rng.standard_normal(k)
+    S = sp.csr_matrix(dense)
+    A, B = np.ones((37, 5)), np.ones((1, 10))
+    op = lpfast.DopedKronecker(A, B, S)
+    x = rng.standard_normal((1, n))
+    np.testing.assert_allclose(op(x), ref.doped_kp_matmul(x, A, B, S), rtol=1e-12, atol=1e-12)
+
+
+def test_sell_wide_matrix_uses_int32_columns():
+    # More than 65536 columns: the layout cannot use 16-bit column indices.
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((2, 300)), rng.standard_normal((2, 300))
+    S = sp.random(4, 90000, density=0.001, format="csr", random_state=5)
+    op = lpfast.DopedKronecker(A, B, S)
+    assert op._sell[2].dtype == np.int32  # noqa: SLF001 - checking the private layout
+    x = rng.standard_normal((1, 90000))
+    np.testing.assert_allclose(op(x), ref.doped_kp_matmul(x, A, B, S), rtol=1e-11, atol=1e-11)
+    narrow = lpfast.DopedKronecker(A[:, :10], B[:, :10], sp.random(4, 100, density=0.1,
+                                                                    format="csr", random_state=1))
+    assert narrow._sell[2].dtype == np.uint16  # noqa: SLF001
+
+
+def test_sell_result_independent_of_threads():
+    A, B, S, rng = _sell_case(64, 64, 64, 64, 0.01, np.float32, seed=11)
+    op = lpfast.DopedKronecker(A, B, S)
+    x = rng.standard_normal((1, 4096)).astype(np.float32)
+    try:
+        lpfast.set_num_threads(1)
+        one = op(x)
+        lpfast.set_num_threads(2)
+        two = op(x)
+    finally:
+        lpfast.set_num_threads(None)
+    np.testing.assert_array_equal(one, two)

@@ -9,6 +9,7 @@
 #include "array.hpp"
 #include "lpfast/csr.hpp"
 #include "lpfast/doped_kron.hpp"
+#include "lpfast/sell.hpp"
 
 namespace py = pybind11;
 using lpfast_bind::CArray;
@@ -77,6 +78,78 @@ void doped_kron_matmul_py(const CArray<T>& x, const CArray<T>& A, const CArray<T
   lpfast::doped_kron_matmul(xp, batch, kp, doped ? &S : nullptr, bias_ptr, y);
 }
 
+// The SELL layout of a checked CSR matrix (rows, cols), for doped_kron_matmul_sell:
+// (slice_ptr int64, row_of int32, indices uint16 if cols <= 65536 else int32, data).
+template <class J, class T, class I>
+py::tuple sell_arrays(const lpfast::CsrView<T, I>& S) {
+  const std::int64_t slices = lpfast::sell_slices(S.rows);
+  py::array_t<std::int64_t> slice_ptr(slices + 1);
+  py::array_t<std::int32_t> row_of(slices * lpfast::kSellC);
+  std::int64_t* sp = slice_ptr.mutable_data();
+  std::int32_t* ro = row_of.mutable_data();
+  {
+    py::gil_scoped_release release;  // raw buffers only, kept alive by this frame
+    lpfast::sell_structure(S.indptr, S.rows, ro, sp);
+  }
+  py::array_t<J> indices(sp[slices]);
+  py::array_t<T> data(sp[slices]);
+  J* ip = indices.mutable_data();
+  T* dp = data.mutable_data();
+  {
+    py::gil_scoped_release release;
+    lpfast::sell_fill(S, ro, sp, ip, dp);
+  }
+  return py::make_tuple(slice_ptr, row_of, indices, data);
+}
+
+template <class T, class I>
+py::tuple sell_layout_py(const CArray<I>& indptr, const CArray<I>& indices,
+                         const CArray<T>& data, std::int64_t cols) {
+  expect_ndim(indptr, 1, "indptr");
+  expect_dim(data, 0, indices.shape(0), "data");
+  const lpfast::CsrView<T, I> S{indptr.data(), indices.data(), data.data(),
+                                indptr.shape(0) - 1, cols};
+  if (S.rows < 0 || S.nnz() != indices.shape(0)) throw std::invalid_argument("S: indptr[-1] != nnz");
+  return cols <= 65536 ? sell_arrays<std::uint16_t>(S) : sell_arrays<std::int32_t>(S);
+}
+
+// out = x @ W.T (+ bias) with S in the SELL layout made by sell_layout (whose contents are
+// trusted: the Python layer keeps them private and read-only); sizes are re-checked here.
+template <class T, class J>
+void doped_kron_matmul_sell_py(const CArray<T>& x, const CArray<T>& A, const CArray<T>& B,
+                               const CArray<std::int64_t>& slice_ptr,
+                               const CArray<std::int32_t>& row_of, const CArray<J>& indices,
+                               const CArray<T>& data, std::optional<CArray<T>> bias,
+                               CArray<T>& out) {
+  expect_ndim(A, 3, "A");
+  expect_ndim(B, 3, "B");
+  expect_ndim(x, 2, "x");
+  expect_ndim(out, 2, "out");
+  expect_dim(B, 0, A.shape(0), "B");
+  const lpfast::KronFactors<T> kp{A.data(), B.data(), A.shape(0), A.shape(1),
+                                  A.shape(2), B.shape(1), B.shape(2)};
+  const std::int64_t batch = x.shape(0);
+  expect_dim(x, 1, kp.cols(), "x");
+  expect_dim(out, 0, batch, "out");
+  expect_dim(out, 1, kp.rows(), "out");
+  if (bias) {
+    expect_ndim(*bias, 1, "bias");
+    expect_dim(*bias, 0, kp.rows(), "bias");
+  }
+  const std::int64_t slices = lpfast::sell_slices(kp.rows());
+  expect_dim(slice_ptr, 0, slices + 1, "S.slice_ptr");
+  expect_dim(row_of, 0, slices * lpfast::kSellC, "S.row_of");
+  expect_dim(indices, 0, slice_ptr.at(slices), "S.indices");
+  expect_dim(data, 0, slice_ptr.at(slices), "S.data");
+  const lpfast::SellView<T, J> S{slice_ptr.data(), row_of.data(), indices.data(), data.data(),
+                                 kp.rows(), kp.cols(), slices};
+  const T* bias_ptr = bias ? bias->data() : nullptr;
+  T* y = out.mutable_data();
+  const T* xp = x.data();
+  py::gil_scoped_release release;  // raw buffers only, kept alive by this frame
+  lpfast::doped_kron_matmul(xp, batch, kp, S, bias_ptr, y);
+}
+
 // dA, dB (rank, ., .) = gradients of x @ (sum_r kron(A_r, B_r)).T for upstream dy.
 template <class T>
 void kron_factor_grads_py(const CArray<T>& x, const CArray<T>& dy, const CArray<T>& A,
@@ -132,6 +205,18 @@ void def_matmul(py::module_& m) {
         py::arg("bias").noconvert(), py::arg("out").noconvert(),
         "out = x @ (sum_r kron(A[r], B[r]) + S).T + bias. x: (N, n1*n2), A: (R, m1, n1), "
         "B: (R, m2, n2), out: (N, m1*m2). S (CSR arrays) must have passed check_csr.");
+  m.def("sell_layout", &sell_layout_py<T, I>, py::arg("indptr").noconvert(),
+        py::arg("indices").noconvert(), py::arg("data").noconvert(), py::arg("cols"),
+        "(slice_ptr, row_of, indices, data): the SELL-16 layout of a checked CSR matrix.");
+}
+
+template <class T, class J>
+void def_matmul_sell(py::module_& m) {
+  m.def("doped_kron_matmul_sell", &doped_kron_matmul_sell_py<T, J>, py::arg("x").noconvert(),
+        py::arg("A").noconvert(), py::arg("B").noconvert(), py::arg("slice_ptr").noconvert(),
+        py::arg("row_of").noconvert(), py::arg("indices").noconvert(),
+        py::arg("data").noconvert(), py::arg("bias").noconvert(), py::arg("out").noconvert(),
+        "doped_kron_matmul with S in the layout returned by sell_layout.");
 }
 
 }  // namespace
@@ -152,4 +237,8 @@ void bind_kron(py::module_& m) {
   def_matmul<float, std::int64_t>(m);
   def_matmul<double, std::int32_t>(m);
   def_matmul<double, std::int64_t>(m);
+  def_matmul_sell<float, std::uint16_t>(m);
+  def_matmul_sell<float, std::int32_t>(m);
+  def_matmul_sell<double, std::uint16_t>(m);
+  def_matmul_sell<double, std::int32_t>(m);
 }

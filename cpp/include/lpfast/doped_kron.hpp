@@ -18,6 +18,7 @@
 #include <Eigen/Core>
 
 #include "csr.hpp"
+#include "sell.hpp"
 #include "parallel.hpp"
 
 namespace lpfast {
@@ -123,6 +124,32 @@ void sparse_part(const T* x, std::int64_t batch, const CsrView<T, I>& S, T* y, W
 
 }  // namespace detail
 
+namespace detail {
+
+// The team both parts run in: the Kronecker GEMMs, a barrier, then `sparse(tid, team)`
+// (which adds its rows of S x to y). `prepare` receives the team size asked for.
+template <class T, class Prepare, class Sparse>
+void doped_kron_team(const T* x, std::int64_t batch, const KronFactors<T>& kp, std::int64_t nnz,
+                     const T* bias, T* y, Workspace<T>& ws, Prepare&& prepare, Sparse&& sparse) {
+  if (kp.rank < 1) throw std::invalid_argument("A, B: Kronecker rank must be at least 1");
+  if (batch == 0 || kp.rows() == 0) return;
+  const double flops =
+      2.0 * batch * (kp.rank * kp.n1 * kp.m2 * (kp.n2 + kp.m1) + static_cast<double>(nnz));
+  const int nt = threads_for(flops, 2.0e5);
+  ws.t.resize(static_cast<std::size_t>(batch * kp.n1 * kp.m2));
+  prepare(nt);
+  // Everything that can throw (allocation, checks) happens above: the region holds
+  // barriers, so a thread leaving it early would hang its team.
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), team = team_size();
+    kron_part(x, batch, kp, bias, y, ws, tid, team);
+    if (nnz > 0) sparse(nt, tid, team);
+  }
+}
+
+}  // namespace detail
+
 // x: (batch, n1*n2) row-major; y: (batch, m1*m2) row-major, overwritten.
 // S may be null (no doping), bias may be null. S must have passed check_csr.
 template <class T, class I>
@@ -131,30 +158,41 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
   if (S != nullptr && (S->rows != kp.rows() || S->cols != kp.cols())) {
     throw std::invalid_argument("S: shape does not match kron(A, B)");
   }
-  if (kp.rank < 1) throw std::invalid_argument("A, B: Kronecker rank must be at least 1");
-  if (batch == 0 || kp.rows() == 0) return;
   const std::int64_t nnz = S != nullptr ? S->nnz() : 0;
-  const double flops =
-      2.0 * batch * (kp.rank * kp.n1 * kp.m2 * (kp.n2 + kp.m1) + static_cast<double>(nnz));
-  const int nt = threads_for(flops, 2.0e5);
-
   detail::Workspace<T> ws;
-  ws.t.resize(static_cast<std::size_t>(batch * kp.n1 * kp.m2));
-  if (nnz > 0 && batch > 1) ws.xt.assign(static_cast<std::size_t>(kp.cols() * 32), T(0));
-  const auto bounds = nnz > 0 ? balanced_row_split(S->indptr, S->rows, nt)
-                              : std::vector<std::int64_t>();
-  // Everything that can throw (allocation, checks) happens above: the region holds
-  // barriers, so a thread leaving it early would hang its team.
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int tid = thread_id(), team = team_size();
-    detail::kron_part(x, batch, kp, bias, y, ws, tid, team);
-    if (nnz > 0) {
-      // The runtime may grant fewer threads than asked for (nested calls): re-split then.
-      const auto mine = team == nt ? bounds : balanced_row_split(S->indptr, S->rows, team);
-      detail::sparse_part(x, batch, *S, y, ws, mine, tid, team);
-    }
+  std::vector<std::int64_t> bounds;
+  auto prepare = [&](int nt) {
+    if (nnz > 0 && batch > 1) ws.xt.assign(static_cast<std::size_t>(kp.cols() * 32), T(0));
+    if (nnz > 0) bounds = balanced_row_split(S->indptr, S->rows, nt);
+  };
+  auto sparse = [&](int nt, int tid, int team) {
+    // The runtime may grant fewer threads than asked for (nested calls): re-split then.
+    const auto mine = team == nt ? bounds : balanced_row_split(S->indptr, S->rows, team);
+    detail::sparse_part(x, batch, *S, y, ws, mine, tid, team);
+  };
+  detail::doped_kron_team(x, batch, kp, nnz, bias, y, ws, prepare, sparse);
+}
+
+// The same product with S in the SELL layout of sell.hpp (built once by a prepared
+// operator): one row of x at a time, the latency-bound case. x: (batch, n1*n2).
+template <class T, class J>
+void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
+                       const SellView<T, J>& S, const T* bias, T* y) {
+  if (S.rows != kp.rows() || S.cols != kp.cols()) {
+    throw std::invalid_argument("S: shape does not match kron(A, B)");
   }
+  const std::int64_t stored = S.slices > 0 ? S.slice_ptr[S.slices] : 0;
+  const std::int64_t m = kp.rows(), n = kp.cols();
+  detail::Workspace<T> ws;
+  std::vector<std::int64_t> bounds;
+  auto prepare = [&](int nt) { bounds = sell_split(S, nt); };
+  auto sparse = [&](int nt, int tid, int team) {
+    const auto mine = team == nt ? bounds : sell_split(S, team);
+    for (std::int64_t b = 0; b < batch; ++b) {
+      sell_matvec_add(S, x + b * n, y + b * m, mine[tid], mine[tid + 1]);
+    }
+  };
+  detail::doped_kron_team(x, batch, kp, stored, bias, y, ws, prepare, sparse);
 }
 
 // Gradients with respect to the Kronecker factors of y = x W^T, given dy = dL/dy (batch, m):
