@@ -111,6 +111,18 @@ def test_gradients_match_dense(name):
         torch.testing.assert_close(p.grad, want, msg=k)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_projective_inference_path_matches_training_path(k):
+    layer = ProjectiveEmbedding(50, 16, k, 4, padding_idx=2)
+    x = torch.randint(0, 50, (6, 9))
+    with torch.no_grad():
+        fast = layer(x)
+    torch.testing.assert_close(fast, layer(x))
+    torch.testing.assert_close(fast, layer.dense_weight()[x])
+    with pytest.raises(IndexError):
+        layer(torch.tensor([50]))
+
+
 def test_projective_parameter_count_and_layout():
     emb = embedding(200, 24)
     layer = ProjectiveEmbedding.from_embedding(emb, 3, 5, seed=0, n_init=2)

@@ -798,17 +798,26 @@ class ProjectiveEmbedding(nn.Module):
         """Indices (...) -> (..., embedding_dim)."""
         _check_indices(x, self.num_embeddings)
         flat = x.reshape(-1)
-        coef = F.embedding(flat, self.coef, self.padding_idx)  # (N, j), checks the range
-        labels = self.labels[flat]
-        k = self.n_subspaces
+        k, d = self.n_subspaces, self.embedding_dim
         if k == 1:
-            out = coef @ self.bases[0]
+            out = F.embedding(flat, self.coef, self.padding_idx) @ self.bases[0]
         else:
+            labels = self.labels[flat]
             order = torch.argsort(labels)
             counts = torch.bincount(labels, minlength=k).tolist()
-            parts = [c @ self.bases[i] for i, c in enumerate(torch.split(coef[order], counts))
-                     if c.shape[0]]
-            sorted_out = torch.cat(parts) if parts else coef.new_zeros(0, self.embedding_dim)
+            # Rows gathered in subspace order: one (rows_c, j) x (j, d) product per subspace.
+            coef = F.embedding(flat[order], self.coef, self.padding_idx)
+            if torch.is_grad_enabled() and (self.coef.requires_grad or self.bases.requires_grad):
+                parts = [c @ self.bases[i] for i, c in enumerate(torch.split(coef, counts))]
+                sorted_out = torch.cat(parts)
+            else:  # inference: products written in place, no concatenation pass
+                sorted_out = coef.new_empty(flat.shape[0], d)
+                start = 0
+                for i, c in enumerate(counts):
+                    if c:
+                        torch.mm(coef[start:start + c], self.bases[i],
+                                 out=sorted_out[start:start + c])
+                    start += c
             out = torch.empty_like(sorted_out).index_copy(0, order, sorted_out)
         return out.reshape(*x.shape, self.embedding_dim)
 
