@@ -397,3 +397,16 @@ def test_bad_input_names_argument():
         DensitySchedule(1.0, 0.2, 10, 10)
     with pytest.raises(ValueError, match="layers"):
         SparsityAnnealer(torch.nn.Linear(2, 2), DensitySchedule(1.0, 0.1, 0, 10))
+
+
+def test_doped_layer_compiles_fullgraph():
+    torch._dynamo.reset()
+    layer = DopedKroneckerLinear(24, 20, (4, 6), (5, 4), 0.2, rank=2)
+    torch.nn.init.normal_(layer.S_values)
+    layer.prune_(0.1)  # the masked path too
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 24, requires_grad=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, layer(x))
+    y.sum().backward()
+    assert layer.S_values.grad is not None and x.grad.shape == x.shape

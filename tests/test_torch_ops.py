@@ -300,6 +300,16 @@ def test_torch_compile_fullgraph(dtype, backend):
         torch.testing.assert_close(p2.grad, p.grad, **TOL[dtype], msg=name)
 
 
+def test_torch_compile_with_default_checks():
+    """check=True (the default) must not break the graph: only the data-dependent CSR
+    validation is skipped while tracing."""
+    torch._dynamo.reset()
+    ops = operands(rank=2)
+    compiled = torch.compile(lambda x: call(x, ops), fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 8, dtype=torch.float64)
+    torch.testing.assert_close(compiled(x), dense_forward(x, ops))
+
+
 # -- bad input -------------------------------------------------------------------------------
 
 def test_bad_input_names_argument():

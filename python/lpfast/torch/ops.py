@@ -127,7 +127,8 @@ def doped_kp_matmul(x: Tensor, A: Tensor, B: Tensor, S_values: Optional[Tensor] 
     bias : Tensor, shape (m1*m2,), optional
     check : bool
         Validate shapes, dtypes and the CSR pattern (O(nnz)); layers validate once and pass
-        ``check=False``.
+        ``check=False``. Under ``torch.compile`` only shapes and dtypes are checked (traced
+        tensors hold no data), so the call compiles with ``fullgraph=True``.
 
     Returns
     -------
@@ -141,12 +142,13 @@ def doped_kp_matmul(x: Tensor, A: Tensor, B: Tensor, S_values: Optional[Tensor] 
     if B.dim() == 2:
         B = B.unsqueeze(0)
     if check:
-        _check(x, A, B, S_values, S_crow_indices, S_col_indices, bias)
+        _check(x, A, B, S_values, S_crow_indices, S_col_indices, bias,
+               pattern=not torch.compiler.is_compiling())
     return torch.ops.lpfast.doped_kp_matmul(x, A.contiguous(), B.contiguous(), S_crow_indices,
                                             S_col_indices, S_values, bias)
 
 
-def _check(x, A, B, values, crow, col, bias) -> None:
+def _check(x, A, B, values, crow, col, bias, pattern: bool = True) -> None:
     tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
     for name, t in tensors.items():
         if t is None:
@@ -175,7 +177,16 @@ def _check(x, A, B, values, crow, col, bias) -> None:
         msg = "S_values, S_crow_indices, S_col_indices: give all three or none"
         raise ValueError(msg)
     if all(given):
+        if not all(isinstance(t, Tensor) for t in (crow, col)):
+            msg = "S_crow_indices, S_col_indices: expected torch.Tensors"
+            raise TypeError(msg)
         if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
             msg = f"S_crow_indices, S_col_indices: expected one of int32/int64, got {crow.dtype} and {col.dtype}"
             raise TypeError(msg)
-        as_csr((_np(crow), _np(col), _np(values)), "S", (m, n), _np(values).dtype, check_finite=False)
+        if pattern:
+            as_csr((_np(crow), _np(col), _np(values)), "S", (m, n), _np(values).dtype,
+                   check_finite=False)
+        elif crow.dim() != 1 or crow.shape[0] != m + 1 or col.shape != values.shape:
+            msg = (f"S: expected crow_indices of shape ({m + 1},) and col_indices of the "
+                   f"values' shape {tuple(values.shape)}")
+            raise ValueError(msg)
