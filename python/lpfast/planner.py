@@ -28,8 +28,9 @@ __all__ = ["Plan", "plan_compression"]
 #: Budget fractions spent on exact rows tried for each doped candidate.
 DEFAULT_DOPED_FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
 #: Screening effort: enough to rank candidates; the winner is refit with the full effort.
-SCREEN = _Effort(max_iter=10, tol=1e-4, refit_iter=4, n_init=2)
-FULL = _Effort()
+SCREEN = _Effort(max_iter=10, tol=1e-4, refit_iter=3, n_init=2)
+#: The winner's refit: one warm-started fit of at most ``refit_iter`` steps to tol 1e-6.
+REFIT = _Effort(max_iter=20, tol=1e-6, refit_iter=20, n_init=1)
 
 _COLUMNS = (("#", "place", "{:d}"), ("candidate", "candidate", "{}"), ("dim", "rank", "{:d}"),
             ("exact rows", "n_exact", "{:d}"), ("params", "n_params", "{:d}"),
@@ -241,9 +242,9 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
     n_rounds : int >= 0
         Refits without the exact rows per split during screening.
     refit : bool
-        Refit the winner at full effort (lp: up to 100 IRLS steps to tol 1e-6; projective:
-        up to 100 Lloyd iterations), warm-started from its screening fit; the result is
-        kept only if its error is lower.
+        Refit the winner once more, warm-started from its screening fit without its exact
+        rows (lp: up to 20 IRLS steps, projective: up to 20 Lloyd iterations, to tol 1e-6),
+        then choose its exact rows again; kept only if the error is lower.
     verbose : bool
         Print each fitted row to stderr as it finishes.
     callback : callable(row), optional
@@ -265,8 +266,10 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
     Notes
     -----
     Screening (every candidate): lp fits of at most 10 IRLS steps (tol 1e-4), k-subspace
-    fits with 2 restarts and at most 10 Lloyd iterations, warm refits of 4 steps in the
-    doping rounds. Per candidate one fit at the undoped rank plus, for doping, per split
+    fits with 2 restarts and at most 10 Lloyd iterations, warm refits of 3 steps in the
+    doping rounds. For a final fit at full effort of the chosen configuration, call
+    ``row_doped_fit(E, row["method"], plan.budget, rank=row["rank"],
+    n_exact=row["n_exact"], ...)``. Per candidate one fit at the undoped rank plus, for doping, per split
     about ``2 n_rounds`` warm refits (two chains, see :func:`lpfast.row_doped_fit`), each
     O(n d^2) (plus O(n d K j) assignments for k subspaces). On 30522 x 384 float32 at
     ratio 8 on 2 cores the whole default plan takes about half a minute; see
@@ -372,11 +375,11 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
         r["refit"] = False
     if refit and c["method"] != "svd":
         t0 = time.perf_counter()
-        full = _make_fitter(E, w, c["method"], c["p"], K, FULL, None)
+        full = _make_fitter(E, w, c["method"], c["p"], K, REFIT, None)
         w_fit = w.copy()
         w_fit[res.exact] = 0.0
         state = full.fit(res.rank, w_fit, init=res.state)
-        better = _rounds(full, w, total, res.rank, res.n_exact, state, n_rounds)
+        better = _rounds(full, w, total, res.rank, res.n_exact, state, 0)
         row["seconds"] += time.perf_counter() - t0
         if better.error < res.error:
             res = better
