@@ -106,7 +106,8 @@ def _seed_sequence(seed: Any) -> np.random.SeedSequence:
     if isinstance(seed, np.random.Generator):
         return np.random.SeedSequence(int(seed.integers(0, 2**63 - 1)))
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        msg = f"seed: expected None, a non-negative integer, a SeedSequence or a Generator, got {seed!r}"
+        msg = (f"seed: expected None, a non-negative integer, a SeedSequence or a Generator, "
+               f"got {seed!r}")
         raise TypeError(msg)
     if seed < 0:
         msg = f"seed: expected a non-negative integer, got {seed}"
@@ -269,11 +270,14 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
     fits with 2 restarts and at most 10 Lloyd iterations, warm refits of 3 steps in the
     doping rounds. For a final fit at full effort of the chosen configuration, call
     ``row_doped_fit(E, row["method"], plan.budget, rank=row["rank"],
-    n_exact=row["n_exact"], ...)``. Per candidate one fit at the undoped rank plus, for doping, per split
-    about ``2 n_rounds`` warm refits (two chains, see :func:`lpfast.row_doped_fit`), each
-    O(n d^2) (plus O(n d K j) assignments for k subspaces). On 30522 x 384 float32 at
-    ratio 8 on 2 cores the whole default plan takes about half a minute; see
-    bench/bench_planner.py.
+    n_exact=row["n_exact"], ...)``.
+
+    Per candidate: one fit at the undoped rank, then for doping ``n_rounds`` warm refits
+    per split (4 grid splits plus up to 3 extensions; see :func:`lpfast.row_doped_fit`),
+    each O(n d^2) per step (plus O(n d K j) assignments for k subspaces) and one O(n d k)
+    residual pass per round. On 30522 x 384 float32 at ratio 8, on the 2-core development
+    machine shared with other jobs (load 3-4), the whole default plan took 27-31 s; see
+    bench/bench_planner.py for the time per candidate.
     """
     t_start = time.perf_counter()
     E = _as_matrix(E)
@@ -384,7 +388,8 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
         if better.error < res.error:
             res = better
             row.update(error=res.error, refit=True,
-                       lp_cost=_row(c, row["doped"], res, (n, d), w, K, [])["lp_cost"], n_exact=res.n_exact)
+                       lp_cost=_row(c, row["doped"], res, (n, d), w, K, [])["lp_cost"],
+                       n_exact=res.n_exact)
     best = _build(E, w, c["method"], c["p"], K, res, budget, row["splits"])
     ranked = [rows[i] for i in order]
     for place, r in enumerate(ranked, 1):

@@ -723,7 +723,9 @@ def row_doped_fit(E: Any, method: str, budget: int, *, weights: Any = None, p: f
     Rows are chosen by weighted residual ``w_i * ||e_i - ê_i||^2``: the R largest are
     stored exactly, the factorization is refit with their weights set to 0, the R rows are
     chosen again from the new residuals, and so on for ``n_rounds`` refits (or until the
-    choice repeats); the round with the lowest weighted error is kept.
+    choice repeats); the round with the lowest weighted error is kept. The first refit also
+    leaves out the R heaviest rows (largest ``w_i ||e_i||^2``): a heavy row far from the
+    bulk pulls the first fit towards itself, which hides its residual.
 
     Parameters
     ----------
