@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
