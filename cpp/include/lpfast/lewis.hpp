@@ -231,10 +231,13 @@ void jl_tau(const T* X, std::int64_t n, std::int64_t d, const MatD& H, std::vect
 #pragma omp parallel num_threads(nt) if (nt > 1)
   guard.run([&] {
     const int tid = thread_id(), team = team_size();
-    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> z(kBlock, k);
+    // Blocks of kJlBlock rows: with k <= 128 columns, smaller blocks spent a third of the
+    // time re-packing H for every GEMM (perf, 30522 x 384, k = 16).
+    constexpr std::int64_t kJlBlock = 4096;
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> z(kJlBlock, k);
     const auto [r0, r1] = split(n, tid, team);
-    for (std::int64_t b0 = r0; b0 < r1; b0 += kBlock) {
-      const std::int64_t nb = std::min(kBlock, r1 - b0);
+    for (std::int64_t b0 = r0; b0 < r1; b0 += kJlBlock) {
+      const std::int64_t nb = std::min(kJlBlock, r1 - b0);
       const RowMatMap<T> xb(X + b0 * d, nb, d);
       z.topRows(nb).noalias() = xb * Ht;
       for (std::int64_t j = 0; j < nb; ++j)
@@ -244,31 +247,25 @@ void jl_tau(const T* X, std::int64_t n, std::int64_t d, const MatD& H, std::vect
   guard.rethrow();
 }
 
-// CountSketch with `rows` buckets: row i goes to bucket[i] with sign sign[i]; rows are
-// visited bucket by bucket in a fixed order so the sums are deterministic.
+// CountSketch with `rows` buckets: row i goes to bucket[i] with sign sign[i];
+// each bucket sums its rows in increasing row order, so the sketch is deterministic.
 struct CountSketch {
   std::int64_t rows = 0;
-  std::vector<std::int64_t> start;  // rows + 1
-  std::vector<std::int64_t> order;  // n, grouped by bucket
-  std::vector<double> sign;         // n
+  std::vector<std::int64_t> bucket;  // n
+  std::vector<double> sign;          // n
 
-  CountSketch(std::int64_t n, std::int64_t m, Rng& rng) : rows(m), start(m + 1, 0), order(n), sign(n) {
-    std::vector<std::int64_t> bucket(n);
+  CountSketch(std::int64_t n, std::int64_t m, Rng& rng) : rows(m), bucket(n), sign(n) {
     for (std::int64_t i = 0; i < n; ++i) {
       const std::uint64_t r = rng.next();
       bucket[i] = static_cast<std::int64_t>((r >> 1) % static_cast<std::uint64_t>(m));
       sign[i] = (r & 1) ? 1.0 : -1.0;
-      ++start[bucket[i] + 1];
     }
-    for (std::int64_t b = 0; b < m; ++b) start[b + 1] += start[b];
-    std::vector<std::int64_t> fill(start.begin(), start.end() - 1);
-    for (std::int64_t i = 0; i < n; ++i) order[fill[bucket[i]]++] = i;
   }
 
   // (Pi diag(sqrt_s) X)^T (Pi diag(sqrt_s) X), d x d, full.
   template <class T>
   MatD gram(const T* X, std::int64_t d, const std::vector<double>& sqrt_s) const {
-    const std::int64_t n = static_cast<std::int64_t>(order.size());
+    const std::int64_t n = static_cast<std::int64_t>(bucket.size());
     const int nt = threads_for(static_cast<double>(rows) * d * d + static_cast<double>(n) * d, 2.0e7);
     MatD SX(d, rows);  // bucket b is column b
     std::vector<MatD> parts(nt);
@@ -277,15 +274,14 @@ struct CountSketch {
     guard.run([&] {
       const int tid = thread_id(), team = team_size();
       const auto [c0, c1] = split(rows, tid, team);
-      for (std::int64_t b = c0; b < c1; ++b) {
-        auto col = SX.col(b);
-        col.setZero();
-        for (std::int64_t q = start[b]; q < start[b + 1]; ++q) {
-          const std::int64_t i = order[q];
-          if (sqrt_s[i] == 0) continue;
-          col += (sign[i] * sqrt_s[i]) *
-                 Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(X + i * d, d).template cast<double>();
-        }
+      SX.middleCols(c0, c1 - c0).setZero();
+      // Rows in increasing order (each bucket's sum in that order, as before): streaming X
+      // instead of visiting its rows bucket by bucket was 3x faster (hardware prefetch).
+      for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t b = bucket[i];
+        if (b < c0 || b >= c1 || sqrt_s[i] == 0) continue;
+        SX.col(b) += (sign[i] * sqrt_s[i]) *
+                     Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(X + i * d, d).template cast<double>();
       }
       MatD& G = parts[tid];
       G.setZero(d, d);
