@@ -1,15 +1,21 @@
-"""Command line: ``python -m lpfast [demo|info|compress]``.
+"""Command line: ``python -m lpfast [demo|info|compress|plan]``.
 
 ``demo`` (the default) compresses a built-in synthetic layer and times it; ``info`` prints
 how the extension was built; ``compress IN.pt OUT.pt --rule PATTERN=METHOD:RATIO ...``
-replaces layers of a saved torch model by lpfast's compressed layers (needs torch).
+replaces layers of a saved torch model by lpfast's compressed layers (needs torch; METHOD
+``auto`` runs the planner and prints its table); ``plan IN[:NAME] --ratio R`` ranks the
+compression methods on one matrix and can plot error vs compression ratio (``--plot``,
+needs matplotlib: ``pip install "lpfast[plot]"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -107,8 +113,6 @@ def compress(args: argparse.Namespace) -> int:
     torch.save(model, args.output)
     print(f"\n{report}\ncompressed in {time.perf_counter() - t0:.1f} s; saved {args.output}")
     if args.report_json:
-        import json
-
         with open(args.report_json, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
         print(f"report: {args.report_json}")
@@ -116,9 +120,244 @@ def compress(args: argparse.Namespace) -> int:
 
 
 _RULE_HELP = """PATTERN=METHOD:RATIO[:key=value,...], repeatable. PATTERN is an fnmatch pattern on
-module names (e.g. '*.word_embeddings'); METHOD is lowrank | projective | doped_kron;
+module names (e.g. '*.word_embeddings'); METHOD is lowrank | projective | doped_kron | auto;
 RATIO the layer's parameter compression ratio; options e.g. p=1.0, n_subspaces=4,
-a_shape=16x8, rank=2. Example: --rule '*.word_embeddings=lowrank:4:p=1.0'"""
+a_shape=16x8, rank=2; for auto: counts=PATH.npy|PATH.pt (token counts, one per row),
+candidates=svd/lp:1/projective:5, seed=0. Examples: --rule '*.word_embeddings=lowrank:4:p=1.0',
+--rule '*.word_embeddings=auto:8:counts=counts.npy'"""
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+class _CliError(Exception):
+    """A user error: printed as ``error: ...``, exit code 2."""
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float32)  # float16 / bfloat16: NumPy has no bfloat16
+    return t.numpy()
+
+
+def _load_torch(path: str, allow_pickle: bool) -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise _CliError(f"{path}: reading .pt files needs torch ({e})") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
+        hint = ("" if allow_pickle else "; if it is a whole pickled model you trust, pass "
+                "--allow-pickle (unpickling runs code from the file)")
+        raise _CliError(f"{path}: cannot load ({type(e).__name__}: {str(e).splitlines()[0]}){hint}") from e
+
+
+def _pick(obj: Any, key: str | None, path: str, ndim: int) -> np.ndarray:
+    """The array named ``key`` in a loaded object (tensor, array, dict or nn.Module)."""
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):  # an nn.Module
+        obj = obj.state_dict()
+    if isinstance(obj, dict) or hasattr(obj, "files"):  # dict / state_dict / NpzFile
+        names = list(obj.files) if hasattr(obj, "files") else [str(k) for k in obj]
+        if key is None:
+            fits = [k for k in names if getattr(obj[k], "ndim", None) == ndim]
+            if len(fits) != 1:
+                listed = ", ".join(fits[:12]) + (", ..." if len(fits) > 12 else "")
+                raise _CliError(f"{path}: holds {len(fits)} {ndim}-d arrays; name one as "
+                                f"{path}:NAME (e.g. {listed or 'none found'})")
+            key = fits[0]
+        elif key not in names and key + ".weight" in names:
+            key += ".weight"
+        if key not in names:
+            near = [k for k in names if key.split(".")[-1] in k][:8]
+            raise _CliError(f"{path}: no entry {key!r}" + (f" (similar: {', '.join(near)})" if near else ""))
+        obj = obj[key]
+    elif key is not None:
+        raise _CliError(f"{path}: holds a single array; drop ':{key}'")
+    if hasattr(obj, "detach"):
+        obj = _tensor_to_numpy(obj)
+    if not isinstance(obj, np.ndarray):
+        raise _CliError(f"{path}: expected an array or tensor, got {type(obj).__name__}")
+    if obj.ndim != ndim:
+        raise _CliError(f"{path}{':' + key if key else ''}: expected a {ndim}-d array, got shape {obj.shape}")
+    return obj
+
+
+def load_array(spec: str, ndim: int = 2, allow_pickle: bool = False) -> np.ndarray:
+    """An array from ``PATH`` or ``PATH:NAME``: ``.npy``, ``.npz``, ``.txt`` (vectors) or a
+    torch file (``.pt``/``.pth``/``.bin``: a tensor, a state_dict or, with
+    ``allow_pickle``, a whole model); ``NAME`` picks an entry (``.weight`` may be left out)."""
+    path, key = spec, None
+    if not os.path.isfile(spec) and ":" in spec:
+        path, _, key = spec.rpartition(":")
+        key = key or None
+    if not os.path.isfile(path):
+        raise _CliError(f"{spec}: no such file")
+    low = path.lower()
+    if low.endswith(".npy"):
+        obj: Any = np.load(path, allow_pickle=False)
+    elif low.endswith(".npz"):
+        obj = np.load(path, allow_pickle=False)
+    elif low.endswith(".txt") and ndim == 1:
+        obj = np.loadtxt(path, ndmin=1)
+    elif low.endswith((".pt", ".pth", ".bin")):
+        obj = _load_torch(path, allow_pickle)
+    else:
+        raise _CliError(f"{path}: expected a .npy, .npz, .pt, .pth or .bin file"
+                        + (" (or .txt)" if ndim == 1 else ""))
+    return _pick(obj, key, path, ndim)
+
+
+def _summary(plans: list[Any]) -> str:
+    """Error of every candidate (rows) at every ratio (columns)."""
+    names: list[str] = []
+    for p in plans:
+        names += [r["candidate"] for r in p.rows if r["candidate"] not in names]
+    err = {(p.ratio, r["candidate"]): r["error"] for p in plans for r in p.rows}
+    w = max([len(n) for n in names] + [14])
+    c = max([len(p.best_row["candidate"]) for p in plans] + [8])
+    lines = [f"{'error by ratio':<{w}}  " + "  ".join(f"{p.ratio:>{c}g}" for p in plans)]
+    for name in sorted(names, key=lambda n: err.get((plans[0].ratio, n), float("inf"))):
+        cells = [f"{err[(p.ratio, name)]:>{c}.5f}" if (p.ratio, name) in err else f"{'-':>{c}}"
+                 for p in plans]
+        lines.append(f"{name:<{w}}  " + "  ".join(cells))
+    lines.append(f"{'best':<{w}}  " + "  ".join(f"{p.best_row['candidate']:>{c}}" for p in plans))
+    return "\n".join(lines)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _plan_dict(p: Any) -> dict[str, Any]:
+    return {"ratio": p.ratio, "budget": p.budget, "shape": list(p.shape), "seconds": p.seconds,
+            "rows": _plain(p.rows), "skipped": _plain(p.skipped)}
+
+
+def plot_plans(plans: list[Any], path: str, title: str = "", weighted: bool = False) -> None:
+    """PNG of each candidate's error vs the target compression ratio (log scale).
+
+    Needs matplotlib (``pip install "lpfast[plot]"``); uses its object API (no pyplot, no
+    global backend change). Doped candidates are solid lines, undoped dashed.
+    """
+    from matplotlib.figure import Figure
+
+    by: dict[str, list[tuple[float, float]]] = {}
+    for p in plans:
+        for r in p.rows:
+            by.setdefault(r["candidate"], []).append((p.ratio, r["error"]))
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    bases = list(dict.fromkeys(name.removesuffix("+doped") for name in by))
+    for name, pts in by.items():
+        pts.sort()
+        color = f"C{bases.index(name.removesuffix('+doped')) % 10}"  # a method's two lines alike
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", markersize=4, color=color,
+                linestyle="-" if name.endswith("+doped") else "--", label=name)
+    ratios = sorted({p.ratio for p in plans})
+    ax.set_xscale("log")
+    ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+    ax.minorticks_off()
+    ax.set_xlabel("compression ratio (n·d / stored numbers, indices included)")
+    ax.set_ylabel(("usage-weighted " if weighted else "") + "relative reconstruction error")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _ratios(args: argparse.Namespace) -> list[float]:
+    vals = [] if args.ratio is None else [args.ratio]
+    if args.ratios:
+        try:
+            vals += [float(v) for v in args.ratios.split(",") if v.strip()]
+        except ValueError as e:
+            raise _CliError(f"--ratios: expected comma-separated numbers, got {args.ratios!r}") from e
+    if not vals:
+        raise _CliError("give --ratio R and/or --ratios R1,R2,...")
+    bad = [v for v in vals if not v > 1]
+    if bad:
+        raise _CliError(f"--ratio/--ratios: compression ratios must be > 1, got {bad}")
+    return sorted(set(vals))
+
+
+def plan(args: argparse.Namespace) -> int:
+    import lpfast
+
+    try:
+        ratios = _ratios(args)
+        if args.plot:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError as e:
+                raise _CliError(f"--plot needs matplotlib: pip install matplotlib "
+                                f"(or pip install \"lpfast[plot]\") ({e})") from e
+        E = load_array(args.input, 2, args.allow_pickle)
+        weights = None
+        if args.counts and args.weights:
+            raise _CliError("give --counts or --weights, not both")
+        if args.counts:
+            counts = load_array(args.counts, 1, args.allow_pickle)
+            if counts.shape[0] != E.shape[0]:
+                raise _CliError(f"--counts: {counts.shape[0]} counts for {E.shape[0]} rows")
+            weights = lpfast.usage_weights(counts, power=args.power, floor=args.floor)
+        elif args.weights:
+            weights = load_array(args.weights, 1, args.allow_pickle)
+        candidates = [c for c in args.candidates.split(",") if c] if args.candidates else None
+    except _CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        lpfast.set_num_threads(args.threads)
+    n, d = E.shape
+    what = "usage-weighted " if weights is not None else ""
+    print(f"{args.input}: {n} x {d} {E.dtype}; {what}planning at ratio "
+          f"{', '.join(f'{r:g}' for r in ratios)}")
+
+    def progress(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            print(f"  [{row['index']}/{row['total']}] {row['candidate']:<20} dim {row['rank']:4d}  "
+                  f"exact rows {row['n_exact']:6d}  error {row['error']:.5f}  "
+                  f"({row['seconds']:.2f} s)", flush=True)
+
+    plans = []
+    doping = {"both": (False, True), "only": (True,), "none": (False,)}[args.doping]
+    for r in ratios:
+        if len(ratios) > 1 and not args.quiet:
+            print(f"ratio {r:g}:")
+        try:
+            p = lpfast.plan_compression(E, r, weights=weights, candidates=candidates,
+                                        seed=args.seed, doping=doping, refit=not args.no_refit,
+                                        callback=progress)
+        except (ValueError, TypeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        plans.append(p)
+        print(p.to_markdown() if args.markdown else p, flush=True)
+        print()
+    if len(plans) > 1:
+        print(_summary(plans))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([_plan_dict(p) for p in plans], f, indent=2)
+        print(f"json: {args.json}")
+    if args.plot:
+        title = f"{os.path.basename(args.input)} ({n} x {d}){', usage-weighted' if weights is not None else ''}"
+        plot_plans(plans, args.plot, title, weighted=weights is not None)
+        print(f"plot: {args.plot}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,10 +380,40 @@ def main(argv: list[str] | None = None) -> int:
                         help="ignore rules that match no module (default: error)")
     p_comp.add_argument("--threads", type=int, default=0, help="threads for torch and lpfast")
     p_comp.add_argument("--quiet", action="store_true", help="no per-layer progress")
+    p_plan = sub.add_parser(
+        "plan", help="rank compression methods on one matrix (table, optional plot)",
+        description="Fit SVD, lp and k-subspace factorizations with and without row doping "
+                    "at one parameter budget per ratio (lpfast.plan_compression) and print "
+                    "the ranked table; optionally plot error vs compression ratio.")
+    p_plan.add_argument("input", metavar="IN[:NAME]",
+                        help="a .npy/.npz/.pt/.pth/.bin file; NAME picks an entry of a "
+                             "state_dict or .npz (e.g. model.pt:embeddings.word_embeddings)")
+    p_plan.add_argument("--ratio", type=float, help="compression ratio (> 1)")
+    p_plan.add_argument("--ratios", metavar="R1,R2,...", help="more ratios (for --plot)")
+    p_plan.add_argument("--counts", metavar="PATH[:NAME]",
+                        help="token counts, one per row (.npy/.pt/.txt): weights = "
+                             "usage_weights(counts, --power, --floor)")
+    p_plan.add_argument("--power", type=float, default=1.0, help="usage weight power (default 1)")
+    p_plan.add_argument("--floor", type=float, default=1.0, help="usage weight floor (default 1)")
+    p_plan.add_argument("--weights", metavar="PATH[:NAME]", help="row weights as such")
+    p_plan.add_argument("--candidates", metavar="C1,C2,...",
+                        help="e.g. svd,lp:1,lp:1.5,projective:5 (default: svd, lp p=1/1.5, "
+                             "projective k=2/5/10)")
+    p_plan.add_argument("--doping", choices=("both", "only", "none"), default="both",
+                        help="fit each candidate with and/or without row doping")
+    p_plan.add_argument("--no-refit", action="store_true", help="skip the winner's full refit")
+    p_plan.add_argument("--seed", type=int, default=0)
+    p_plan.add_argument("--plot", metavar="OUT.png", help="save error vs ratio (needs matplotlib)")
+    p_plan.add_argument("--json", metavar="PATH", help="also write the plans' rows as JSON")
+    p_plan.add_argument("--markdown", action="store_true", help="print tables as markdown")
+    p_plan.add_argument("--allow-pickle", action="store_true",
+                        help="allow whole pickled torch models (runs code from the file)")
+    p_plan.add_argument("--threads", type=int, default=0, help="threads for lpfast")
+    p_plan.add_argument("--quiet", action="store_true", help="no per-candidate progress")
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo", *(argv or [])])
-    return {"demo": demo, "info": info, "compress": compress}[args.command](args)
+    return {"demo": demo, "info": info, "compress": compress, "plan": plan}[args.command](args)
 
 
 if __name__ == "__main__":

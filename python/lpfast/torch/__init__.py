@@ -24,6 +24,7 @@ from .layers import (
     co_matrix_dropout,
 )
 from .ops import doped_kp_matmul
+from .row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = [
     "CompressionReport",
@@ -36,6 +37,8 @@ __all__ = [
     "LowRankEmbedding",
     "LowRankLinear",
     "ProjectiveEmbedding",
+    "RowDopedEmbedding",
+    "RowDopedLinear",
     "SparsityAnnealer",
     "co_matrix_dropout",
     "doped_kp_matmul",

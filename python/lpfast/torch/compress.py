@@ -9,25 +9,41 @@ Rules map a module-name pattern to a method and its options::
     print(report)
 
 Methods are looked up in a registry (:func:`register_method`): ``"lowrank"``,
-``"projective"`` and ``"doped_kron"`` are built in; a planner (an ``"auto"`` method, say)
-plugs in by registering a function ``fn(name, module, spec) -> nn.Module`` that may itself
-call the built-in ones (``METHODS["lowrank"](name, module, spec)``), or by producing rules
-(exact module names are valid patterns) for this function.
+``"projective"``, ``"doped_kron"`` and ``"auto"`` are built in. ``"auto"`` runs
+:func:`lpfast.plan_compression` on the layer (optionally usage-weighted, e.g. by token
+counts) and builds the winner: a :class:`RowDopedEmbedding` / :class:`RowDopedLinear` when
+it stores exact rows, else the equivalent existing layer; the plan's ranked table goes into
+the report. Other methods plug in by registering a function
+``fn(name, module, spec) -> nn.Module`` that may itself call the built-in ones
+(``METHODS["lowrank"](name, module, spec)``).
+
+Counting: ``params_before`` / ``params_after`` count ``module.parameters()`` (what an
+optimizer sees; a Linear's bias included), as ``ratio`` does. Integer index buffers (the
+exact-row indices and projective labels of row-doped and projective layers, the CSR
+indices of doped Kronecker layers) are stored numbers too: ``indices_after`` counts them
+and ``stored_after = params_after + indices_after``. The built-in ``"lowrank"``,
+``"projective"`` and ``"doped_kron"`` budgets hold ``params_after`` to the ratio (as
+before); ``"auto"`` follows the planner, whose budget counts every index and label, so it
+holds ``stored_after <= params_before / ratio``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from .._validate import as_float, as_int
 from .layers import DopedKroneckerLinear, LowRankEmbedding, LowRankLinear, ProjectiveEmbedding
+from .row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = ["METHODS", "CompressionReport", "LayerReport", "compress", "parse_rule",
            "register_method"]
@@ -38,6 +54,10 @@ Method = Callable[[str, nn.Module, Mapping[str, Any]], nn.Module]
 Rules = Union[Mapping[str, Union[Mapping[str, Any], str]], Iterable[tuple[str, Any]]]
 
 METHODS: dict[str, Method] = {}
+
+#: The progress callable of the running :func:`compress` call (methods may report through it).
+_PROGRESS: contextvars.ContextVar[Optional[Callable[[str], Any]]] = contextvars.ContextVar(
+    "lpfast_compress_progress", default=None)
 
 
 def register_method(name: str, fn: Method, *, replace: bool = False) -> None:
@@ -170,9 +190,192 @@ def _doped_kron(name: str, module: nn.Module, spec: Mapping[str, Any]) -> nn.Mod
     return DopedKroneckerLinear.from_linear(module, density=spec["density"], **kw)
 
 
+# -- auto: the planner ---------------------------------------------------------------------------
+
+_AUTO_OPTIONS = {"ratio", "counts", "weights", "power", "floor", "candidates", "p_values",
+                 "k_values", "doping", "seed", "refit", "layer"}
+
+
+def _load_vector(name: str, key: str, value: Any) -> np.ndarray:
+    """A 1-d array from a tensor, an array-like, or a .npy / .pt / .pth file path."""
+    where = f"rules[{name!r}][{key!r}]"
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.isfile(path):
+            msg = f"{where}: no such file {path!r}"
+            raise ValueError(msg)
+        low = path.lower()
+        if low.endswith(".npy"):
+            value = np.load(path, allow_pickle=False)
+        elif low.endswith((".pt", ".pth")):
+            value = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(value, (torch.Tensor, np.ndarray)):
+                msg = f"{where}: {path!r} holds a {type(value).__name__}, expected one tensor"
+                raise TypeError(msg)
+        else:
+            msg = f"{where}: expected a .npy, .pt or .pth file, got {path!r}"
+            raise ValueError(msg)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        msg = f"{where}: expected numbers (an array, tensor or file path), got {type(value).__name__}"
+        raise TypeError(msg) from e
+    return arr
+
+
+def _auto_weights(name: str, spec: Mapping[str, Any], n: int) -> Optional[np.ndarray]:
+    from ..row_doped import usage_weights
+
+    if "counts" in spec and "weights" in spec:
+        msg = f"rules[{name!r}]: give 'counts' or 'weights', not both"
+        raise ValueError(msg)
+    if ("power" in spec or "floor" in spec) and "counts" not in spec:
+        msg = f"rules[{name!r}]: 'power' and 'floor' transform 'counts'; no counts given"
+        raise ValueError(msg)
+    key = "counts" if "counts" in spec else "weights" if "weights" in spec else None
+    if key is None or spec[key] is None:
+        return None
+    arr = _load_vector(name, key, spec[key])
+    if arr.shape != (n,):
+        msg = f"rules[{name!r}][{key!r}]: expected shape ({n},) (one per row of the weight), got {arr.shape}"
+        raise ValueError(msg)
+    if key == "weights":
+        return arr
+    try:
+        return usage_weights(arr, power=spec.get("power", 1.0), floor=spec.get("floor", 1.0))
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"rules[{name!r}]: {e}") from e
+
+
+def _seq(name: str, key: str, value: Any, conv: Callable[[Any], Any]) -> list[Any]:
+    """A list from a sequence, one value, or a '/'-separated string (``"1/1.5"``)."""
+    if isinstance(value, str):
+        items: list[Any] = [v for v in value.replace(" ", "/").split("/") if v]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    try:
+        return [conv(v) for v in items]
+    except (TypeError, ValueError) as e:
+        msg = f"rules[{name!r}][{key!r}]: cannot read {value!r} ({e})"
+        raise ValueError(msg) from e
+
+
+def _planner_ratio(size: int, budget: int) -> float:
+    """A ratio with ``floor(size / ratio) == budget`` exactly (the planner's budget rule)."""
+    ratio = size / budget
+    while math.floor(size / ratio) < budget:
+        ratio = float(np.nextafter(ratio, 0.0))
+    return ratio
+
+
+def _layer_from_plan(module: nn.Module, plan: Any, layer: str) -> nn.Module:
+    """The best fit as a layer: RowDoped* if it stores exact rows (or ``layer="row_doped"``),
+    else the existing layer storing the same numbers (LowRank*, ProjectiveEmbedding)."""
+    best = plan.best
+    dtype = module.weight.dtype
+    emb = isinstance(module, nn.Embedding)
+    undoped = best.n_exact == 0 and layer == "auto"
+    with torch.no_grad():
+        if undoped and best.method != "projective":
+            U, Vt = torch.from_numpy(best.U), torch.from_numpy(best.Vt)
+            if emb:
+                new = LowRankEmbedding(module.num_embeddings, module.embedding_dim, best.rank,
+                                       module.padding_idx, dtype=dtype)
+                new.weight.copy_(U)
+                new.proj.copy_(Vt)
+            else:
+                new = LowRankLinear(module.in_features, module.out_features, best.rank,
+                                    bias=module.bias is not None, dtype=dtype)
+                new.U.copy_(U)
+                new.V.copy_(Vt)
+                if module.bias is not None:
+                    new.bias.copy_(module.bias)
+        elif undoped and emb:
+            new = ProjectiveEmbedding(module.num_embeddings, module.embedding_dim,
+                                      best.n_subspaces, best.rank, module.padding_idx, dtype=dtype)
+            new.coef.copy_(torch.from_numpy(best.coefficients))
+            new.bases.copy_(torch.from_numpy(np.ascontiguousarray(best.bases.transpose(0, 2, 1))))
+            new.labels.copy_(torch.from_numpy(best.labels))
+        elif emb:
+            new = RowDopedEmbedding.from_row_doped(best, padding_idx=module.padding_idx, dtype=dtype)
+        else:
+            new = RowDopedLinear.from_row_doped(best, module.bias, dtype=dtype)
+    new.fit_info = best
+    return new
+
+
+def _auto(name: str, module: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
+    """``{"method": "auto", "ratio": r, "counts" | "weights": ..., "power": 1.0,
+    "floor": 1.0, "candidates": ..., "p_values": ..., "k_values": ..., "doping": "both",
+    "seed": 0, "refit": True, "layer": "auto"}``."""
+    from ..planner import plan_compression
+
+    _spec_keys(name, spec, _AUTO_OPTIONS, ("ratio",))
+    if isinstance(module, nn.Embedding):
+        if module.max_norm is not None or module.sparse:
+            msg = f"rules[{name!r}]: method 'auto' does not support max_norm or sparse=True embeddings"
+            raise ValueError(msg)
+        extra = 0
+    elif isinstance(module, nn.Linear):
+        extra = 0 if module.bias is None else module.out_features
+    else:
+        msg = f"rules[{name!r}]: method 'auto' takes nn.Linear or nn.Embedding, got {type(module).__name__}"
+        raise TypeError(msg)
+    E = module.weight.detach()
+    n, d = E.shape
+    weight_budget = math.floor(_budget(name, module, spec) - extra)
+    if weight_budget < 1:
+        raise _too_small(name, spec, f"any factorization of {name}")
+    layer = spec.get("layer", "auto")
+    if layer not in ("auto", "row_doped"):
+        msg = f"rules[{name!r}]['layer']: expected 'auto' or 'row_doped', got {layer!r}"
+        raise ValueError(msg)
+    kw: dict[str, Any] = {"seed": spec.get("seed", 0), "refit": spec.get("refit", True),
+                          "weights": _auto_weights(name, spec, n)}
+    if spec.get("candidates") is not None:
+        kw["candidates"] = _seq(name, "candidates", spec["candidates"], lambda c: c)
+    if "p_values" in spec:
+        kw["p_values"] = _seq(name, "p_values", spec["p_values"], float)
+    if "k_values" in spec:
+        kw["k_values"] = _seq(name, "k_values", spec["k_values"], int)
+    doping = spec.get("doping", "both")
+    if doping not in ("both", True, False):
+        msg = f"rules[{name!r}]['doping']: expected 'both', True (doped only) or False, got {doping!r}"
+        raise ValueError(msg)
+    kw["doping"] = (False, True) if doping == "both" else (doping,)
+    progress = _PROGRESS.get()
+
+    def report(row: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(f"      plan [{row['index']}/{row['total']}] {row['candidate']:<20} "
+                     f"dim {row['rank']:4d}  exact rows {row['n_exact']:6d}  "
+                     f"error {row['error']:.5f}  ({row['seconds']:.2f} s)")
+
+    try:
+        plan = plan_compression(E, _planner_ratio(n * d, weight_budget), callback=report, **kw)
+    except ValueError as e:
+        if str(e).startswith("ratio:"):
+            raise _too_small(name, spec, f"any candidate on {name}") from e
+        raise ValueError(f"rules[{name!r}]: {e}") from e
+    except TypeError as e:
+        raise TypeError(f"rules[{name!r}]: {e}") from e
+    new = _layer_from_plan(module, plan, layer)
+    new._lpfast_plan = plan  # taken into the report by compress (not saved with the model)
+    if progress is not None:
+        b = plan.best_row
+        progress(f"      plan: best {b['candidate']} (dim {b['rank']}, {b['n_exact']} exact rows, "
+                 f"{b['n_params']} numbers) of {len(plan.rows)} in {plan.seconds:.1f} s")
+    return new
+
+
 register_method("lowrank", _lowrank)
 register_method("projective", _projective)
 register_method("doped_kron", _doped_kron)
+register_method("auto", _auto)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -184,14 +387,20 @@ class LayerReport:
     Attributes
     ----------
     name : str           the module's qualified name in the model
-    method : str
+    method : str         the rule's method (``"auto"`` for the planner)
     before, after : str  module reprs
     params_before, params_after : int
-        ``sum(p.numel())`` over the old and the new module's parameters (buffers such as
-        CSR indices or labels not counted).
+        ``sum(p.numel())`` over the old and the new module's parameters (integer buffers
+        such as CSR indices, exact-row indices or labels not counted; see ``indices_after``).
     relative_error : float
         ``||W - W_new||_F / ||W||_F`` of the weight matrix (float64; biases are copied).
     seconds : float      fit time
+    indices_after : int
+        Numbers in the new module's integer buffers (exact-row indices, projective labels,
+        CSR indices): stored, not trained.
+    plan : lpfast.Plan or None
+        The planner's result (method ``"auto"``): ranked table (``plan.rows``,
+        ``str(plan)``) and the best fit.
     """
 
     name: str
@@ -202,10 +411,40 @@ class LayerReport:
     params_after: int
     relative_error: float
     seconds: float
+    indices_after: int = 0
+    plan: Any = None
 
     @property
     def ratio(self) -> float:
+        """``params_before / params_after``."""
         return self.params_before / max(self.params_after, 1)
+
+    @property
+    def stored_after(self) -> int:
+        """Every number the new module stores: ``params_after + indices_after``."""
+        return self.params_after + self.indices_after
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-serializable); the plan as its rows, budget and ratio."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan"}
+        out.update(ratio=self.ratio, stored_after=self.stored_after, plan=None)
+        if self.plan is not None:
+            p = self.plan
+            out["plan"] = {"budget": p.budget, "ratio": p.ratio, "shape": list(p.shape),
+                           "seconds": p.seconds, "rows": [_plain(r) for r in p.rows],
+                           "skipped": [_plain(r) for r in p.skipped]}
+        return out
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy scalars and containers as JSON-ready Python values."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 @dataclass
@@ -224,25 +463,41 @@ class CompressionReport:
     def params_after(self) -> int:
         return sum(r.params_after for r in self.layers)
 
+    @property
+    def indices_after(self) -> int:
+        return sum(r.indices_after for r in self.layers)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-serializable)."""
-        return {"layers": [dict(asdict(r), ratio=r.ratio) for r in self.layers],
+        return {"layers": [r.to_dict() for r in self.layers],
                 "params_before": self.params_before, "params_after": self.params_after,
+                "indices_after": self.indices_after,
                 "model_params_before": self.model_params_before,
                 "model_params_after": self.model_params_after}
 
     def __str__(self) -> str:
         w = max([len(r.name) for r in self.layers] + [5])
         lines = [f"{'layer':<{w}}  {'method':<10} {'params':>10} -> {'after':>9} {'ratio':>6}  "
-                 f"{'rel.err':>8}  {'fit s':>6}"]
+                 f"{'+index':>7}  {'rel.err':>8}  {'fit s':>6}"]
         for r in self.layers:
             lines.append(f"{r.name:<{w}}  {r.method:<10} {r.params_before:>10} -> "
-                         f"{r.params_after:>9} {r.ratio:>5.2f}x  {r.relative_error:>8.4f}  "
-                         f"{r.seconds:>6.2f}")
+                         f"{r.params_after:>9} {r.ratio:>5.2f}x  {r.indices_after:>7}  "
+                         f"{r.relative_error:>8.4f}  {r.seconds:>6.2f}")
         total = self.model_params_before / max(self.model_params_after, 1)
         lines.append(f"model: {self.model_params_before} -> {self.model_params_after} parameters "
                      f"({total:.2f}x)")
+        if self.indices_after:
+            lines.append(f"(+index: integer buffers of the new layers, {self.indices_after} in all, "
+                         f"not parameters)")
+        for r in self.layers:
+            if r.plan is not None:
+                lines += ["", f"{r.name}: {r.plan}"]
         return "\n".join(lines)
+
+
+def _n_indices(module: nn.Module) -> int:
+    return sum(b.numel() for b in module.buffers()
+               if not (b.is_floating_point() or b.is_complex() or b.dtype == torch.bool))
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -312,19 +567,37 @@ def compress(model: nn.Module, rules: Rules, *, strict: bool = True,
           ``p`` (2.0), ``seed`` (0), ``n_init``, ``fit`` (kwargs of ``lpfast.k_subspaces``).
         * ``"doped_kron"`` (Linear): ``ratio`` or ``density``; ``a_shape``/``b_shape``
           (default: chosen by fit), ``rank`` (1), ``n_iter`` (3), ``cmr`` (0.0).
+        * ``"auto"`` (Linear, Embedding): ``ratio``; :func:`lpfast.plan_compression` ranks
+          SVD, lp and k-subspace fits with and without row doping at the layer's budget
+          and the winner becomes the layer: :class:`RowDopedEmbedding` /
+          :class:`RowDopedLinear` when it stores exact rows (always with
+          ``layer="row_doped"``), else the existing layer holding the same numbers
+          (``LowRankEmbedding``/``LowRankLinear``, ``ProjectiveEmbedding``; a projective
+          Linear stays a ``RowDopedLinear`` with no exact rows). Options: ``counts`` (token
+          counts: a tensor, array or ``.npy``/``.pt`` path, one per row, turned into
+          weights by ``lpfast.usage_weights(counts, power, floor)``; ``power`` 1.0,
+          ``floor`` 1.0) or ``weights`` (row weights as such); ``candidates`` (list, or
+          ``"svd/lp:1/projective:5"``), ``p_values``, ``k_values`` (as the planner's,
+          e.g. ``"1/1.5"``), ``doping`` (``"both"``, True = doped only, False = none),
+          ``seed`` (0), ``refit`` (True), ``layer`` (``"auto"`` or ``"row_doped"``).
+          Its budget counts exact-row indices and labels (``stored_after``); the report
+          row carries the plan (``row.plan``, printed under the table).
 
         ``ratio``: the module's parameter count (bias included) over the replacement's
-        (the largest rank/dimension/doping that fits the budget is used).
+        (the largest rank/dimension/doping that fits the budget is used). For a Linear
+        the bias is copied, so the weight gets the budget less the bias.
     strict : bool
         A pattern matching no Linear/Embedding is an error (default), else ignored.
     progress : callable(str), optional
-        Called with a line before and after each layer (e.g. ``print``).
+        Called with a line before and after each layer (e.g. ``print``), and by
+        ``"auto"`` with each planner candidate as it finishes.
 
     Returns
     -------
     CompressionReport
-        Per layer: name, method, params before/after, relative Frobenius error of the weight,
-        fit seconds; plus the model's parameter totals before and after.
+        Per layer: name, method, params before/after, index buffers after, relative
+        Frobenius error of the weight, fit seconds, the plan (``"auto"``); plus the
+        model's parameter totals before and after.
 
     Raises
     ------
@@ -366,10 +639,30 @@ def compress(model: nn.Module, rules: Rules, *, strict: bool = True,
             raise ValueError(msg)
 
     report = CompressionReport(model_params_before=_n_params(model))
+    token = _PROGRESS.set(progress)
+    try:
+        _compress_layers(model, chosen, report, progress)
+    finally:
+        _PROGRESS.reset(token)
+    report.model_params_after = _n_params(model)
+    return report
+
+
+def _show(value: Any) -> Any:
+    """An option for a progress line: arrays and tensors by shape, not by content."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"<{type(value).__name__} {tuple(value.shape)}>"
+    if isinstance(value, (list, tuple)) and len(value) > 8:
+        return f"<{type(value).__name__} of {len(value)}>"
+    return value
+
+
+def _compress_layers(model: nn.Module, chosen: list[tuple[str, nn.Module, dict[str, Any]]],
+                     report: CompressionReport, progress: Optional[Callable[[str], Any]]) -> None:
     for i, (name, module, spec) in enumerate(chosen):
         if progress is not None:
-            progress(f"[{i + 1}/{len(chosen)}] {name}: {module} -> {spec['method']} "
-                     f"{ {k: v for k, v in spec.items() if k != 'method'} }")
+            opts = {k: _show(v) for k, v in spec.items() if k != "method"}
+            progress(f"[{i + 1}/{len(chosen)}] {name}: {module} -> {spec['method']} {opts}")
         t0 = time.perf_counter()
         new = METHODS[spec["method"]](name, module, spec)
         seconds = time.perf_counter() - t0
@@ -377,16 +670,17 @@ def compress(model: nn.Module, rules: Rules, *, strict: bool = True,
             msg = f"rules[{name!r}]: method {spec['method']!r} returned {type(new).__name__}, not an nn.Module"
             raise TypeError(msg)
         new.train(module.training)
+        plan = new.__dict__.pop("_lpfast_plan", None)
         row = LayerReport(name, spec["method"], repr(module), repr(new), _n_params(module),
-                          _n_params(new), _relative_error(module, new), seconds)
+                          _n_params(new), _relative_error(module, new), seconds,
+                          _n_indices(new), plan)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
         report.layers.append(row)
         if progress is not None:
-            progress(f"      {row.params_before} -> {row.params_after} parameters "
+            idx = f" + {row.indices_after} indices" if row.indices_after else ""
+            progress(f"      {row.params_before} -> {row.params_after} parameters{idx} "
                      f"({row.ratio:.2f}x), relative error {row.relative_error:.4f}, {seconds:.2f} s")
-    report.model_params_after = _n_params(model)
-    return report
 
 
 # -- short rule form --------------------------------------------------------------------------

@@ -1,0 +1,603 @@
+"""Row-doped layers: a low-rank or k-subspace factorization plus rows stored exactly.
+
+The torch side of :func:`lpfast.row_doped_fit` / :func:`lpfast.plan_compression`:
+
+* :class:`RowDopedEmbedding`  ``nn.Embedding`` whose row i is ``exact_rows[s]`` when
+  ``i == exact_indices[s]``, else the factorization's row (see :class:`lpfast.RowDoped`);
+* :class:`RowDopedLinear`  ``nn.Linear`` whose weight rows (output units) are stored the
+  same way: ``y[..., rest] = x @ Vt.T @ U.T``, ``y[..., exact] = x @ exact_rows.T``.
+
+Tensors and layout are those of ``RowDoped.to_dict()`` (names included): ``exact_indices``
+(int64, (R,), sorted), ``exact_rows`` ((R, d)), and for the other ``n - R`` rows in
+increasing row order either ``U`` ((n-R, k)) and ``Vt`` ((k, d)) (methods ``"svd"``,
+``"lp"``) or ``labels`` (int64, (n-R,)), ``coefficients`` ((n-R, j)) and ``bases``
+((K, d, j)) (``"projective"``). A non-exact row i reads factor row
+``t = i - searchsorted(exact_indices, i)``. No dense (n, d) table is formed by a forward.
+
+Parameters vs buffers
+---------------------
+The float arrays (``exact_rows``, ``U``, ``Vt`` / ``coefficients``, ``bases``, and a
+Linear's ``bias``) are ``nn.Parameter``\\ s: trainable, and what ``module.parameters()``
+(hence ``lpfast.torch.compress``'s ``params_*``) counts. The integer arrays
+(``exact_indices``, ``labels``) are buffers: stored and saved in the ``state_dict``, not
+trained. ``n_values`` counts the former, ``n_indices`` the latter, and ``n_params =
+n_values + n_indices`` is every number stored, which equals :attr:`lpfast.RowDoped.n_params`
+(plus ``out_features`` for a Linear's bias, which a RowDoped of the weight does not hold).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validate import as_float, as_int
+from .layers import _check_embedding, _check_indices, _check_input, _device, _dtype, _module, _padding
+
+__all__ = ["RowDopedEmbedding", "RowDopedLinear"]
+
+_METHODS = ("svd", "lp", "projective")
+_LOWRANK = ("exact_indices", "exact_rows", "U", "Vt")
+_PROJECTIVE = ("exact_indices", "exact_rows", "labels", "coefficients", "bases")
+_INDEX_NAMES = ("exact_indices", "labels")
+
+
+def _to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+class _RowDopedBase(nn.Module):
+    """Shared storage, checks and state handling of the two row-doped layers."""
+
+    def _init_storage(self, n: int, d: int, rank: Any, n_exact: Any, method: Any,
+                      n_subspaces: Any, p: Any, dtype: Any, device: Any) -> None:
+        if not isinstance(method, str) or method not in _METHODS:
+            msg = f"method: expected one of {_METHODS}, got {method!r}"
+            raise ValueError(msg)
+        self.method = method
+        self.p = as_float(2.0 if p is None else p, "p", low=1.0)
+        if method == "svd" and self.p != 2.0:
+            msg = f"p: method 'svd' is the p = 2 fit, got p={self.p}"
+            raise ValueError(msg)
+        dtype = _dtype(dtype)
+        _device(device)
+        R = as_int(n_exact, "n_exact", low=0, high=n - 1)
+        m = n - R
+        if method == "projective":
+            if n_subspaces is None:
+                msg = "n_subspaces: required for method='projective'"
+                raise ValueError(msg)
+            K = as_int(n_subspaces, "n_subspaces", low=1)
+            j = as_int(rank, "rank", low=1, high=d)
+        else:
+            if n_subspaces not in (None, 1):
+                msg = f"n_subspaces: only for method='projective', got {n_subspaces!r}"
+                raise ValueError(msg)
+            K = 1
+            j = as_int(rank, "rank", low=1, high=min(n, d))
+        # Random but valid state (every fitted layer overwrites it): the first R rows exact.
+        self.register_buffer("exact_indices", torch.arange(R, dtype=torch.int64))
+        self.exact_rows = nn.Parameter(torch.randn(R, d, dtype=dtype))
+        if method == "projective":
+            self.register_buffer("labels", torch.randint(0, K, (m,), dtype=torch.int64))
+            self.coefficients = nn.Parameter(torch.randn(m, j, dtype=dtype))
+            bases = torch.empty(K, d, j, dtype=dtype)
+            for c in range(K):
+                nn.init.orthogonal_(bases[c])
+            self.bases = nn.Parameter(bases)
+        else:
+            self.U = nn.Parameter(torch.randn(m, j, dtype=dtype))
+            self.Vt = nn.Parameter(torch.empty(j, d, dtype=dtype))
+            nn.init.orthogonal_(self.Vt)
+
+    # -- sizes (derived from the tensors, so they follow a loaded state_dict) --
+
+    @property
+    def _kind_names(self) -> tuple[str, ...]:
+        return _PROJECTIVE if self.method == "projective" else _LOWRANK
+
+    @property
+    def n_exact(self) -> int:
+        """R, the rows stored exactly."""
+        return int(self.exact_indices.numel())
+
+    @property
+    def rank(self) -> int:
+        """k (low rank) or j, each subspace's dimension (projective)."""
+        return int(self.bases.shape[2] if self.method == "projective" else self.Vt.shape[0])
+
+    @property
+    def n_subspaces(self) -> int:
+        """K (projective); 1 for low rank."""
+        return int(self.bases.shape[0]) if self.method == "projective" else 1
+
+    @property
+    def n_values(self) -> int:
+        """Learnable values: ``sum(p.numel() for p in self.parameters())``."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def n_indices(self) -> int:
+        """Stored integers: exact-row indices and (projective) labels (buffers)."""
+        return sum(getattr(self, b).numel() for b in _INDEX_NAMES if hasattr(self, b))
+
+    @property
+    def n_params(self) -> int:
+        """Every number stored: ``n_values + n_indices`` (= ``RowDoped.n_params``, plus the
+        bias of a Linear)."""
+        return self.n_values + self.n_indices
+
+    # -- evaluation --
+
+    def _n_d(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _rest_indices(self) -> Tensor:
+        n = self._n_d()[0]
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[self.exact_indices] = False
+        return keep.nonzero().squeeze(1)
+
+    def _factor_rows(self, t: Tensor, pad: Optional[int] = None) -> Tensor:
+        """Factor rows ``t`` (int64, (M,)) of the non-exact part, shape (M, d)."""
+        if self.method != "projective":
+            return F.embedding(t, self.U, pad) @ self.Vt
+        K = self.n_subspaces
+        if K == 1:
+            return F.embedding(t, self.coefficients, pad) @ self.bases[0].T
+        lab = self.labels[t]
+        order = torch.argsort(lab)
+        counts = torch.bincount(lab, minlength=K).tolist()
+        coef = F.embedding(t[order], self.coefficients, pad)
+        parts = [c @ self.bases[i].T for i, c in enumerate(torch.split(coef, counts))]
+        sorted_out = torch.cat(parts)
+        return torch.empty_like(sorted_out).index_copy(0, order, sorted_out)
+
+    def _table(self) -> Tensor:
+        """The (n, d) matrix represented, detached (for reports and tests, not forwards)."""
+        n, d = self._n_d()
+        with torch.no_grad():
+            out = self.exact_rows.new_empty(n, d)
+            R = self.n_exact
+            out[self._rest_indices()] = self._factor_rows(torch.arange(n - R))
+            out[self.exact_indices] = self.exact_rows
+        return out
+
+    # -- conversion --
+
+    def to_row_doped(self):
+        """The current (possibly trained) state as an :class:`lpfast.RowDoped` of the
+        (n, d) table / (out, in) weight; ``error`` and ``cost`` are NaN (not re-measured),
+        the bias of a Linear is not included."""
+        from ..row_doped import RowDoped
+
+        arrays = {name: _to_numpy(getattr(self, name)) for name in self._kind_names}
+        info = getattr(self, "fit_info", None)
+        return RowDoped(method=self.method, p=self.p, shape=self._n_d(), rank=self.rank,
+                        n_subspaces=self.n_subspaces,
+                        budget=getattr(info, "budget", None), **arrays)
+
+    @staticmethod
+    def _as_result(result: Any):
+        from ..row_doped import RowDoped
+
+        if isinstance(result, dict):
+            return RowDoped.from_dict(result)
+        if not isinstance(result, RowDoped):
+            msg = (f"result: expected an lpfast.RowDoped (or its to_dict()), got "
+                   f"{type(result).__name__}")
+            raise TypeError(msg)
+        return result
+
+    @torch.no_grad()
+    def _copy_from(self, result: Any) -> None:
+        for name in self._kind_names:
+            src = torch.from_numpy(np.ascontiguousarray(getattr(result, name)))
+            getattr(self, name).copy_(src)
+
+    # -- state_dict: adopt the stored sizes (R, rank, K), check consistency --
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        names = self._kind_names
+        if all(prefix + k in state_dict for k in names):
+            self._check_state({k: state_dict[prefix + k] for k in names}, prefix)
+            for name in names:
+                src, cur = state_dict[prefix + name], getattr(self, name)
+                if cur.shape == src.shape:
+                    continue
+                if name in _INDEX_NAMES:
+                    self._buffers[name] = torch.empty(src.shape, dtype=torch.int64)
+                else:
+                    new = torch.empty(src.shape, dtype=cur.dtype)
+                    self._parameters[name] = nn.Parameter(new, requires_grad=cur.requires_grad)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_state(self, st: dict[str, Tensor], prefix: str) -> None:
+        n, d = self._n_d()
+
+        def bad(key: str, what: str) -> ValueError:
+            return ValueError(f"state_dict[{prefix + key!r}]: {what}")
+
+        for key, t in st.items():
+            if not isinstance(t, Tensor):
+                msg = f"state_dict[{prefix + key!r}]: expected a tensor, got {type(t).__name__}"
+                raise TypeError(msg)
+            integer = key in _INDEX_NAMES
+            if integer and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+                raise bad(key, f"expected an integer tensor, got {t.dtype}")
+            if not integer and not t.is_floating_point():
+                raise bad(key, f"expected a floating-point tensor, got {t.dtype}")
+        ex, rows = st["exact_indices"], st["exact_rows"]
+        if ex.dim() != 1 or ex.numel() >= n:
+            raise bad("exact_indices", f"expected shape (R,) with R < {n}, got {tuple(ex.shape)}")
+        R = ex.numel()
+        if R and (int(ex.min()) < 0 or int(ex.max()) >= n):
+            raise bad("exact_indices", f"values must lie in [0, {n})")
+        if R > 1 and not bool((ex[1:] > ex[:-1]).all()):
+            raise bad("exact_indices", "must be strictly increasing")
+        if tuple(rows.shape) != (R, d):
+            raise bad("exact_rows", f"expected shape ({R}, {d}), got {tuple(rows.shape)}")
+        if self.method == "projective":
+            lab, coef, bases = st["labels"], st["coefficients"], st["bases"]
+            if bases.dim() != 3 or bases.shape[1] != d or bases.shape[0] < 1 or bases.shape[2] < 1:
+                raise bad("bases", f"expected shape (K, {d}, j), got {tuple(bases.shape)}")
+            K, j = int(bases.shape[0]), int(bases.shape[2])
+            if tuple(coef.shape) != (n - R, j):
+                raise bad("coefficients", f"expected shape ({n - R}, {j}), got {tuple(coef.shape)}")
+            if tuple(lab.shape) != (n - R,):
+                raise bad("labels", f"expected shape ({n - R},), got {tuple(lab.shape)}")
+            if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= K):
+                raise bad("labels", f"values must lie in [0, {K})")
+        else:
+            U, Vt = st["U"], st["Vt"]
+            if Vt.dim() != 2 or Vt.shape[1] != d or Vt.shape[0] < 1:
+                raise bad("Vt", f"expected shape (k, {d}), got {tuple(Vt.shape)}")
+            k = int(Vt.shape[0])
+            if tuple(U.shape) != (n - R, k):
+                raise bad("U", f"expected shape ({n - R}, {k}), got {tuple(U.shape)}")
+
+    def _extra(self) -> str:
+        sub = f", n_subspaces={self.n_subspaces}" if self.method == "projective" else ""
+        return (f"method={self.method!r}, rank={self.rank}{sub}, n_exact={self.n_exact}, "
+                f"n_params={self.n_params}")
+
+
+def _fit_budget(n: int, d: int, budget: Any, ratio: Any) -> int:
+    if (budget is None) == (ratio is None):
+        msg = "budget, ratio: give exactly one"
+        raise ValueError(msg)
+    if budget is not None:
+        return as_int(budget, "budget", low=1)
+    ratio = as_float(ratio, "ratio")
+    if not ratio > 1:
+        msg = f"ratio: expected a compression ratio > 1, got {ratio}"
+        raise ValueError(msg)
+    return int(math.floor(n * d / ratio))
+
+
+class RowDopedEmbedding(_RowDopedBase):
+    """Embedding whose (n, d) table is a factorization plus R rows stored exactly.
+
+    Row i is ``exact_rows[s]`` if ``i == exact_indices[s]``; else, with ``t = i -
+    searchsorted(exact_indices, i)``, ``U[t] @ Vt`` (low rank) or
+    ``coefficients[t] @ bases[labels[t]].T`` (projective). Lookups gather only the
+    requested rows: O(N log R) to find them, then ``N*k*d`` multiply-adds (``N*j*d``) for
+    the non-exact ones, like ``nn.Embedding(n, k)`` followed by ``nn.Linear(k, d)``.
+
+    Parameters
+    ----------
+    num_embeddings, embedding_dim : int
+        n and d.
+    rank : int
+        k (low rank, ``1 <= k <= min(n, d)``) or j (projective, ``1 <= j <= d``).
+    n_exact : int, default 0
+        R, ``0 <= R < n``.
+    method : {"svd", "lp", "projective"}, default "svd"
+        The factorization kind (``"svd"`` and ``"lp"`` share the low-rank layout; the name
+        and ``p`` are kept as metadata for :meth:`to_row_doped`).
+    n_subspaces : int, optional
+        K, required for ``"projective"``.
+    p : float, optional
+        Exponent of the fit (metadata; default 2).
+    padding_idx : int, optional
+        As ``nn.Embedding``: that row's stored values (its exact row, or its ``U`` /
+        ``coefficients`` row) get no gradient.
+    dtype : torch.float32 or torch.float64
+
+    Attributes
+    ----------
+    exact_indices : buffer, int64, (R,)
+    exact_rows : Parameter, (R, d)
+    U : Parameter, (n - R, k); Vt : Parameter, (k, d)             low rank
+    labels : buffer, int64, (n - R,); coefficients : Parameter, (n - R, j);
+    bases : Parameter, (K, d, j)                                 projective
+    n_params : int
+        ``n_values + n_indices``, equal to ``RowDoped.n_params`` of the same state.
+
+    Notes
+    -----
+    ``load_state_dict`` adopts the stored R, rank and K (n, d and the method must match),
+    so a state can be loaded into a layer built with other sizes; the tensors are checked
+    (shapes, sorted in-range indices, labels < K) and errors name the key.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, n_exact: int = 0, *,
+                 method: str = "svd", n_subspaces: Optional[int] = None,
+                 p: Optional[float] = None, padding_idx: Optional[int] = None,
+                 dtype: Optional[torch.dtype] = None, device: Any = None):
+        super().__init__()
+        self.num_embeddings = as_int(num_embeddings, "num_embeddings", low=2)
+        self.embedding_dim = as_int(embedding_dim, "embedding_dim", low=1)
+        self.padding_idx = _padding(padding_idx, self.num_embeddings)
+        self._init_storage(self.num_embeddings, self.embedding_dim, rank, n_exact, method,
+                           n_subspaces, p, dtype, device)
+
+    def _n_d(self) -> tuple[int, int]:
+        return self.num_embeddings, self.embedding_dim
+
+    def _pad_slots(self) -> tuple[Optional[int], Optional[int]]:
+        """(position in exact_rows, factor row) of padding_idx; one of them is None."""
+        if self.padding_idx is None:
+            return None, None
+        i = self.padding_idx
+        s = int(torch.searchsorted(self.exact_indices, torch.tensor(i)))
+        if s < self.n_exact and int(self.exact_indices[s]) == i:
+            return s, None
+        return None, i - s
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Indices ``x`` (int32/int64, any shape (...)) -> (..., embedding_dim)."""
+        _check_indices(x, self.num_embeddings)
+        if x.device.type != "cpu":
+            msg = f"input: lpfast layers run on CPU, got device {x.device}"
+            raise ValueError(msg)
+        n, d = self.num_embeddings, self.embedding_dim
+        flat = x.reshape(-1).to(torch.int64)
+        if flat.numel():
+            lo, hi = torch.aminmax(flat)
+            if int(lo) < 0 or int(hi) >= n:
+                msg = f"input: expected indices in [0, {n}), got range [{int(lo)}, {int(hi)}]"
+                raise ValueError(msg)
+        s_pad, t_pad = self._pad_slots()
+        R = self.n_exact
+        if R == 0:
+            return self._factor_rows(flat, t_pad).reshape(*x.shape, d)
+        pos = torch.searchsorted(self.exact_indices, flat)
+        is_exact = self.exact_indices[pos.clamp(max=R - 1)] == flat
+        ex = is_exact.nonzero().squeeze(1)
+        if ex.numel() == 0:
+            return self._factor_rows(flat - pos, t_pad).reshape(*x.shape, d)
+        rs = (~is_exact).nonzero().squeeze(1)
+        exact_part = F.embedding(pos[ex], self.exact_rows, s_pad)
+        rest_part = self._factor_rows(flat[rs] - pos[rs], t_pad)
+        out = exact_part.new_empty(flat.shape[0], d)
+        out.index_copy_(0, ex, exact_part)
+        out.index_copy_(0, rs, rest_part)
+        return out.reshape(*x.shape, d)
+
+    def dense_weight(self) -> Tensor:
+        """The (n, d) table, detached (formed only on request, never by a forward)."""
+        return self._table()
+
+    def extra_repr(self) -> str:
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self._extra()}{pad}"
+
+    @classmethod
+    def from_row_doped(cls, result: Any, *, padding_idx: Optional[int] = None,
+                       dtype: Optional[torch.dtype] = None) -> RowDopedEmbedding:
+        """The layer of a fitted :class:`lpfast.RowDoped` (or its ``to_dict()``).
+
+        Parameters
+        ----------
+        result : RowDoped or dict
+            Of an (n, d) embedding table; float32/float64.
+        padding_idx : int, optional
+        dtype : torch.float32 or torch.float64, optional
+            Default: the result's dtype.
+
+        Returns
+        -------
+        RowDopedEmbedding
+            Holding copies of the result's arrays (``fit_info`` = the result); its forward
+            equals ``result.lookup(ids)``.
+        """
+        res = cls._as_result(result)
+        n, d = res.shape
+        layer = cls(n, d, res.rank, res.n_exact, method=res.method,
+                    n_subspaces=res.n_subspaces if res.method == "projective" else None,
+                    p=res.p, padding_idx=padding_idx,
+                    dtype=dtype or (torch.float32 if res.dtype == np.float32 else torch.float64))
+        layer._copy_from(res)
+        layer.fit_info = res
+        return layer
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, method: str = "svd", budget: Optional[int] = None,
+                       *, ratio: Optional[float] = None, weights: Any = None,
+                       **fit: Any) -> RowDopedEmbedding:
+        """Fit ``emb.weight`` (n, d) with :func:`lpfast.row_doped_fit` and build the layer.
+
+        Parameters
+        ----------
+        emb : torch.nn.Embedding, float32/float64, CPU (no max_norm, not sparse)
+        method : {"svd", "lp", "projective"}
+        budget : int, optional
+            Numbers to store at most (values, exact-row indices and labels all count).
+        ratio : float > 1, optional
+            Instead of ``budget``: ``budget = floor(n * d / ratio)``.
+        weights : array_like or tensor, shape (n,), optional
+            Row weights, e.g. ``lpfast.usage_weights(token_counts)``.
+        **fit
+            Passed to ``row_doped_fit`` (``p``, ``rank``, ``n_exact``, ``n_subspaces``,
+            ``seed``, ``n_rounds``, ``exact_fractions``, ...).
+
+        Returns
+        -------
+        RowDopedEmbedding with ``padding_idx`` kept and ``fit_info`` (the ``RowDoped``);
+        ``layer.n_params <= budget``.
+        """
+        _check_embedding(emb)
+        from ..row_doped import row_doped_fit
+
+        n, d = emb.weight.shape
+        budget = _fit_budget(n, d, budget, ratio)
+        res = row_doped_fit(emb.weight.detach(), method, budget, weights=weights, **fit)
+        return cls.from_row_doped(res, padding_idx=emb.padding_idx)
+
+
+class RowDopedLinear(_RowDopedBase):
+    """Linear layer whose (out, in) weight rows (output units) are a factorization plus R
+    rows stored exactly: ``y = x @ W.T + bias`` with
+
+    * ``y[..., exact_indices] = x @ exact_rows.T``,
+    * ``y[..., rest] = (x @ Vt.T) @ U.T`` (low rank) or, per subspace c,
+      ``y[..., rest_c] = (x @ bases[c]) @ coefficients[rest_c].T`` (projective),
+
+    where ``rest`` are the other output units in increasing order. Cost per input row:
+    ``k*(in + out - R) + R*in`` multiply-adds (low rank) instead of ``in*out``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        d and n (the weight is (n, d)).
+    rank, n_exact, method, n_subspaces, p : as :class:`RowDopedEmbedding`
+    bias : bool, default True
+    dtype : torch.float32 or torch.float64
+
+    Attributes
+    ----------
+    exact_indices, exact_rows, U, Vt / labels, coefficients, bases : as RowDopedEmbedding
+    bias : Parameter, (out_features,), or None
+    n_params : int
+        ``n_values + n_indices`` = ``RowDoped.n_params`` of the weight + ``out_features``
+        with a bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, n_exact: int = 0,
+                 bias: bool = True, *, method: str = "svd", n_subspaces: Optional[int] = None,
+                 p: Optional[float] = None, dtype: Optional[torch.dtype] = None,
+                 device: Any = None):
+        super().__init__()
+        self.in_features = as_int(in_features, "in_features", low=1)
+        self.out_features = as_int(out_features, "out_features", low=2)
+        self._init_storage(self.out_features, self.in_features, rank, n_exact, method,
+                           n_subspaces, p, dtype, device)
+        if bias:
+            b = 1.0 / math.sqrt(self.in_features)
+            self.bias = nn.Parameter(torch.empty(self.out_features,
+                                                 dtype=self.exact_rows.dtype).uniform_(-b, b))
+        else:
+            self.register_parameter("bias", None)
+
+    def _n_d(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` (..., in_features) -> (..., out_features)."""
+        _check_input(x, self.in_features, self.exact_rows.dtype)
+        n, d = self.out_features, self.in_features
+        lead = x.shape[:-1]
+        R = self.n_exact
+        if self.method != "projective" and R == 0:
+            return F.linear(F.linear(x, self.Vt), self.U, self.bias)
+        x2 = x.reshape(-1, d)
+        rest = self._rest_indices()
+        y = x2.new_empty(x2.shape[0], n)
+        if self.method != "projective":
+            y.index_copy_(1, rest, F.linear(F.linear(x2, self.Vt), self.U))
+        else:
+            K, j = self.n_subspaces, self.rank
+            # One GEMM against every basis, then each subspace's output units.
+            Z = x2 @ self.bases.permute(1, 0, 2).reshape(d, K * j)
+            order = torch.argsort(self.labels, stable=True)
+            counts = torch.bincount(self.labels, minlength=K).tolist()
+            coef = self.coefficients[order]
+            parts = [F.linear(Z[:, c * j:(c + 1) * j], cc)
+                     for c, cc in enumerate(torch.split(coef, counts)) if counts[c]]
+            y.index_copy_(1, rest[order], torch.cat(parts, 1))
+        if R:
+            y.index_copy_(1, self.exact_indices, F.linear(x2, self.exact_rows))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, n)
+
+    def dense_weight(self) -> Tensor:
+        """The (out, in) weight, detached (formed only on request, never by a forward)."""
+        return self._table()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"{self._extra()}, bias={self.bias is not None}")
+
+    @classmethod
+    def from_row_doped(cls, result: Any, bias: Union[Tensor, None, bool] = None, *,
+                       dtype: Optional[torch.dtype] = None) -> RowDopedLinear:
+        """The layer of a :class:`lpfast.RowDoped` of an (out, in) weight.
+
+        Parameters
+        ----------
+        result : RowDoped or dict
+        bias : tensor of shape (out,), True (a fresh random bias), or None/False (no bias)
+        dtype : torch.float32 or torch.float64, optional (default: the result's)
+
+        Returns
+        -------
+        RowDopedLinear (``fit_info`` = the result); its weight is ``result.reconstruct()``.
+        """
+        res = cls._as_result(result)
+        n, d = res.shape
+        if bias is not None and not isinstance(bias, (bool, Tensor)):
+            msg = f"bias: expected a tensor of shape ({n},), a bool or None, got {type(bias).__name__}"
+            raise TypeError(msg)
+        if isinstance(bias, Tensor) and tuple(bias.shape) != (n,):
+            msg = f"bias: expected shape ({n},), got {tuple(bias.shape)}"
+            raise ValueError(msg)
+        layer = cls(d, n, res.rank, res.n_exact, bias=bias is not None and bias is not False,
+                    method=res.method,
+                    n_subspaces=res.n_subspaces if res.method == "projective" else None,
+                    p=res.p,
+                    dtype=dtype or (torch.float32 if res.dtype == np.float32 else torch.float64))
+        layer._copy_from(res)
+        if isinstance(bias, Tensor):
+            with torch.no_grad():
+                layer.bias.copy_(bias.detach())
+        layer.fit_info = res
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, method: str = "svd", budget: Optional[int] = None,
+                    *, ratio: Optional[float] = None, weights: Any = None,
+                    **fit: Any) -> RowDopedLinear:
+        """Fit ``linear.weight`` (out, in; rows = output units) with
+        :func:`lpfast.row_doped_fit`; the bias is copied.
+
+        Parameters
+        ----------
+        linear : torch.nn.Linear, float32/float64, CPU
+        method : {"svd", "lp", "projective"}
+        budget : int, optional
+            Numbers to store for the *weight* (the bias is not included).
+        ratio : float > 1, optional
+            Instead of ``budget``: ``budget = floor(out * in / ratio)``.
+        weights : array_like or tensor, shape (out,), optional
+            Weights of the output units.
+        **fit
+            Passed to ``row_doped_fit``.
+
+        Returns
+        -------
+        RowDopedLinear with ``fit_info`` (the ``RowDoped``);
+        ``layer.n_params <= budget + out_features`` (with a bias).
+        """
+        _module(linear, nn.Linear, "linear")
+        from ..row_doped import row_doped_fit
+
+        n, d = linear.weight.shape
+        budget = _fit_budget(n, d, budget, ratio)
+        res = row_doped_fit(linear.weight.detach(), method, budget, weights=weights, **fit)
+        return cls.from_row_doped(res, linear.bias)
