@@ -238,6 +238,8 @@ def test_out_of_range_ids(bad):
     layer = ProjectiveEmbedding(50, 16, 3, 4)
     with pytest.raises(IndexError, match="out of range for 50 embeddings"):
         layer(ids)
+    with torch.no_grad(), pytest.raises(IndexError, match="out of range for 50 embeddings"):
+        layer(ids)  # the eager inference path, which skips the dispatcher
 
 
 def test_bad_labels_rejected():
