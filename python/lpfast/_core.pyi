@@ -33,3 +33,20 @@ def lp_subspace_irls(
     max_iter: int,
     callback: Optional[Callable[[int, float], object]],
 ) -> tuple[npt.NDArray[np.floating], list[float], int, bool]: ...
+def projective_lookup(
+    coef: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.int64],
+    bases: npt.NDArray[np.floating],
+    ids: npt.NDArray[np.int64],
+    out: npt.NDArray[np.floating],
+) -> None: ...
+def projective_lookup_backward(
+    coef: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.int64],
+    bases: npt.NDArray[np.floating],
+    ids: npt.NDArray[np.int64],
+    grad: npt.NDArray[np.floating],
+    padding_idx: int,
+    dcoef: Optional[npt.NDArray[np.floating]],
+    dbases: Optional[npt.NDArray[np.floating]],
+) -> None: ...

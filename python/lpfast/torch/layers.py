@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validate import as_float, as_int, as_shape2
-from .ops import doped_kp_matmul
+from .ops import doped_kp_matmul, projective_lookup
 
 __all__ = [
     "DensitySchedule",
@@ -766,9 +766,9 @@ class ProjectiveEmbedding(nn.Module):
     padding_idx : int, optional (that row gets no gradient)
     dtype : torch.float32 or torch.float64
 
-    The forward gathers the rows' coefficients and labels, sorts the rows by subspace and
-    applies each subspace with one (rows_c, j) x (j, d) product: ``N*j*d`` multiply-adds for
-    N indices, like an ``nn.Embedding(n, j)`` followed by ``nn.Linear(j, d)``.
+    The forward is one fused C++ lookup (``lpfast.torch.ops.projective_lookup``): each id's
+    coefficients times its subspace's basis, ``N*j*d`` multiply-adds for N indices, like an
+    ``nn.Embedding(n, j)`` followed by ``nn.Linear(j, d)``.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, n_subspaces: int, dim: int,
@@ -797,29 +797,9 @@ class ProjectiveEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Indices (...) -> (..., embedding_dim)."""
         _check_indices(x, self.num_embeddings)
-        flat = x.reshape(-1)
-        k, d = self.n_subspaces, self.embedding_dim
-        if k == 1:
-            out = F.embedding(flat, self.coef, self.padding_idx) @ self.bases[0]
-        else:
-            labels = self.labels[flat]
-            order = torch.argsort(labels)
-            counts = torch.bincount(labels, minlength=k).tolist()
-            # Rows gathered in subspace order: one (rows_c, j) x (j, d) product per subspace.
-            coef = F.embedding(flat[order], self.coef, self.padding_idx)
-            if torch.is_grad_enabled() and (self.coef.requires_grad or self.bases.requires_grad):
-                parts = [c @ self.bases[i] for i, c in enumerate(torch.split(coef, counts))]
-                sorted_out = torch.cat(parts)
-            else:  # inference: products written in place, no concatenation pass
-                sorted_out = coef.new_empty(flat.shape[0], d)
-                start = 0
-                for i, c in enumerate(counts):
-                    if c:
-                        torch.mm(coef[start:start + c], self.bases[i],
-                                 out=sorted_out[start:start + c])
-                    start += c
-            out = torch.empty_like(sorted_out).index_copy(0, order, sorted_out)
-        return out.reshape(*x.shape, self.embedding_dim)
+        # One fused C++ pass (ids bounds-checked there: IndexError), gradients in C++ too.
+        return projective_lookup(x, self.coef, self.bases, self.labels, self.padding_idx,
+                                 check=False)
 
     def dense_weight(self) -> Tensor:
         """The (n, d) table, detached."""
