@@ -216,6 +216,7 @@ def test_state_dict_roundtrip_exact(method, dtype):
         # other sizes: no exact rows, rank 1, another K: the stored sizes are adopted
         other = cls(*args, 1, 0, method=method, n_subspaces=None if K is None else 5, dtype=dtype)
         for fresh in (same, other):
+            fresh(x)  # a forward first: cached index layouts must follow the loaded state
             fresh = _roundtrip(layer, fresh)
             sd, sd2 = layer.state_dict(), fresh.state_dict()
             assert sd.keys() == sd2.keys()

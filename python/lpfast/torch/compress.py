@@ -220,7 +220,8 @@ def _load_vector(name: str, key: str, value: Any) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        msg = f"{where}: expected numbers (an array, tensor or file path), got {type(value).__name__}"
+        msg = (f"{where}: expected numbers (an array, tensor or file path), "
+               f"got {type(value).__name__}")
         raise TypeError(msg) from e
     return arr
 
@@ -239,7 +240,8 @@ def _auto_weights(name: str, spec: Mapping[str, Any], n: int) -> Optional[np.nda
         return None
     arr = _load_vector(name, key, spec[key])
     if arr.shape != (n,):
-        msg = f"rules[{name!r}][{key!r}]: expected shape ({n},) (one per row of the weight), got {arr.shape}"
+        msg = (f"rules[{name!r}][{key!r}]: expected shape ({n},) (one per row of the weight), "
+               f"got {arr.shape}")
         raise ValueError(msg)
     if key == "weights":
         return arr
@@ -301,7 +303,8 @@ def _layer_from_plan(module: nn.Module, plan: Any, layer: str) -> nn.Module:
             new.bases.copy_(torch.from_numpy(np.ascontiguousarray(best.bases.transpose(0, 2, 1))))
             new.labels.copy_(torch.from_numpy(best.labels))
         elif emb:
-            new = RowDopedEmbedding.from_row_doped(best, padding_idx=module.padding_idx, dtype=dtype)
+            new = RowDopedEmbedding.from_row_doped(best, padding_idx=module.padding_idx,
+                                                   dtype=dtype)
         else:
             new = RowDopedLinear.from_row_doped(best, module.bias, dtype=dtype)
     new.fit_info = best
@@ -317,13 +320,15 @@ def _auto(name: str, module: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
     _spec_keys(name, spec, _AUTO_OPTIONS, ("ratio",))
     if isinstance(module, nn.Embedding):
         if module.max_norm is not None or module.sparse:
-            msg = f"rules[{name!r}]: method 'auto' does not support max_norm or sparse=True embeddings"
+            msg = (f"rules[{name!r}]: method 'auto' does not support max_norm or sparse=True "
+                   f"embeddings")
             raise ValueError(msg)
         extra = 0
     elif isinstance(module, nn.Linear):
         extra = 0 if module.bias is None else module.out_features
     else:
-        msg = f"rules[{name!r}]: method 'auto' takes nn.Linear or nn.Embedding, got {type(module).__name__}"
+        msg = (f"rules[{name!r}]: method 'auto' takes nn.Linear or nn.Embedding, "
+               f"got {type(module).__name__}")
         raise TypeError(msg)
     E = module.weight.detach()
     n, d = E.shape

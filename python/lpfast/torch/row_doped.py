@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validate import as_float, as_int
-from .layers import _check_embedding, _check_indices, _check_input, _device, _dtype, _module, _padding
+from .layers import (_check_embedding, _check_indices, _check_input, _device, _dtype, _module,
+                     _padding)
 
 __all__ = ["RowDopedEmbedding", "RowDopedLinear"]
 
@@ -285,8 +286,11 @@ class RowDopedEmbedding(_RowDopedBase):
     Row i is ``exact_rows[s]`` if ``i == exact_indices[s]``; else, with ``t = i -
     searchsorted(exact_indices, i)``, ``U[t] @ Vt`` (low rank) or
     ``coefficients[t] @ bases[labels[t]].T`` (projective). Lookups gather only the
-    requested rows: O(N log R) to find them, then ``N*k*d`` multiply-adds (``N*j*d``) for
-    the non-exact ones, like ``nn.Embedding(n, k)`` followed by ``nn.Linear(k, d)``.
+    requested rows: O(N log R) to find the exact ones, ``N*k*d`` multiply-adds
+    (``N*j*d``) through the factors, like ``nn.Embedding(n, k)`` followed by
+    ``nn.Linear(k, d)``, then the exact ids' rows copied over their outputs. Measured
+    (30522 x 384, k = 40, R = 600, float32, one thread, 4096 ids): 2.3 ms vs 1.7 ms for
+    ``LowRankEmbedding`` of the same rank; 48 vs 15 us for 16 ids (per-call overhead).
 
     Parameters
     ----------
@@ -367,16 +371,15 @@ class RowDopedEmbedding(_RowDopedBase):
         if R == 0:
             return self._factor_rows(flat, t_pad).reshape(*x.shape, d)
         pos = torch.searchsorted(self.exact_indices, flat)
+        # Every id goes through the factorization (an exact id i reads some factor row: its
+        # t = i - pos may be n - R, hence the clamp), then the exact ids are overwritten:
+        # the output is written once in id order, no scatter of the (many) factor rows.
+        # The overwritten rows pass no gradient to the factors (index_copy_'s backward).
+        out = self._factor_rows((flat - pos).clamp_(max=n - R - 1), t_pad)
         is_exact = self.exact_indices[pos.clamp(max=R - 1)] == flat
         ex = is_exact.nonzero().squeeze(1)
-        if ex.numel() == 0:
-            return self._factor_rows(flat - pos, t_pad).reshape(*x.shape, d)
-        rs = (~is_exact).nonzero().squeeze(1)
-        exact_part = F.embedding(pos[ex], self.exact_rows, s_pad)
-        rest_part = self._factor_rows(flat[rs] - pos[rs], t_pad)
-        out = exact_part.new_empty(flat.shape[0], d)
-        out.index_copy_(0, ex, exact_part)
-        out.index_copy_(0, rs, rest_part)
+        if ex.numel():
+            out.index_copy_(0, ex, F.embedding(pos[ex], self.exact_rows, s_pad))
         return out.reshape(*x.shape, d)
 
     def dense_weight(self) -> Tensor:
@@ -459,7 +462,10 @@ class RowDopedLinear(_RowDopedBase):
       ``y[..., rest_c] = (x @ bases[c]) @ coefficients[rest_c].T`` (projective),
 
     where ``rest`` are the other output units in increasing order. Cost per input row:
-    ``k*(in + out - R) + R*in`` multiply-adds (low rank) instead of ``in*out``.
+    ``k*(in + out - R) + R*in`` multiply-adds (low rank) instead of ``in*out``, plus one
+    gather of the outputs into unit order. Measured (768 -> 3072, k = 96, R = 64, float32,
+    one thread): batch 1 0.068 ms (``LowRankLinear`` 0.044, ``nn.Linear`` 0.17), batch 128
+    1.38 ms (0.99, 7.5).
 
     Parameters
     ----------
@@ -506,25 +512,48 @@ class RowDopedLinear(_RowDopedBase):
         if self.method != "projective" and R == 0:
             return F.linear(F.linear(x, self.Vt), self.U, self.bias)
         x2 = x.reshape(-1, d)
-        rest = self._rest_indices()
-        y = x2.new_empty(x2.shape[0], n)
+        where, order, counts = self._layout()
+        # Outputs computed in blocks (factor rows, then exact rows), then put in unit order
+        # by one gather: faster than scattering columns (index_copy_ along dim 1).
         if self.method != "projective":
-            y.index_copy_(1, rest, F.linear(F.linear(x2, self.Vt), self.U))
+            blocks = [F.linear(F.linear(x2, self.Vt), self.U)]
         else:
             K, j = self.n_subspaces, self.rank
             # One GEMM against every basis, then each subspace's output units.
             Z = x2 @ self.bases.permute(1, 0, 2).reshape(d, K * j)
-            order = torch.argsort(self.labels, stable=True)
-            counts = torch.bincount(self.labels, minlength=K).tolist()
             coef = self.coefficients[order]
-            parts = [F.linear(Z[:, c * j:(c + 1) * j], cc)
-                     for c, cc in enumerate(torch.split(coef, counts)) if counts[c]]
-            y.index_copy_(1, rest[order], torch.cat(parts, 1))
+            blocks = [F.linear(Z[:, c * j:(c + 1) * j], cc)
+                      for c, cc in enumerate(torch.split(coef, counts)) if counts[c]]
         if R:
-            y.index_copy_(1, self.exact_indices, F.linear(x2, self.exact_rows))
+            blocks.append(F.linear(x2, self.exact_rows))
+        y = torch.cat(blocks, 1).index_select(1, where)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, n)
+
+    def _layout(self) -> tuple[Tensor, Optional[Tensor], list[int]]:
+        """(where, order, counts): output unit u is column ``where[u]`` of the blocks;
+        ``order`` sorts the non-exact units by subspace, ``counts`` per subspace (projective).
+
+        Derived from the index buffers and cached until they change (a load_state_dict, an
+        in-place edit: tracked by data pointer and version counter).
+        """
+        bufs = [self.exact_indices] + ([self.labels] if self.method == "projective" else [])
+        key = tuple((b.data_ptr(), b._version, b.numel()) for b in bufs)
+        cached = self.__dict__.get("_layout_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        n = self.out_features
+        rest = self._rest_indices()
+        order, counts = None, []
+        if self.method == "projective":
+            order = torch.argsort(self.labels, stable=True)
+            counts = torch.bincount(self.labels, minlength=self.n_subspaces).tolist()
+            rest = rest[order]
+        where = torch.empty(n, dtype=torch.int64)
+        where[torch.cat([rest, self.exact_indices])] = torch.arange(n)
+        self.__dict__["_layout_cache"] = (key, (where, order, counts))
+        return where, order, counts
 
     def dense_weight(self) -> Tensor:
         """The (out, in) weight, detached (formed only on request, never by a forward)."""
@@ -552,7 +581,8 @@ class RowDopedLinear(_RowDopedBase):
         res = cls._as_result(result)
         n, d = res.shape
         if bias is not None and not isinstance(bias, (bool, Tensor)):
-            msg = f"bias: expected a tensor of shape ({n},), a bool or None, got {type(bias).__name__}"
+            msg = (f"bias: expected a tensor of shape ({n},), a bool or None, "
+                   f"got {type(bias).__name__}")
             raise TypeError(msg)
         if isinstance(bias, Tensor) and tuple(bias.shape) != (n,):
             msg = f"bias: expected shape ({n},), got {tuple(bias.shape)}"
