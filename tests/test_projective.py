@@ -85,6 +85,31 @@ def test_matches_reference_with_empty_cluster_reseed():
     assert len(np.unique(r.labels)) == 3
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p", [2.0, 1.0])
+def test_bounded_assignment_matches_full(dtype, p):
+    """Late iterations keep most labels by the subspace-movement bounds and compute only the
+    own-cluster distance: labels, cost and history stay those of the full assignment (and of
+    the reference), including rows nearly equidistant from two subspaces."""
+    X, _ = planted(1500, 24, 4, 3, 0.3, seed=21, dtype=dtype)
+    B0 = random_bases(4, 24, 3, seed=22, dtype=dtype)
+    mid = X[:40] @ B0[0] @ B0[0].T + X[:40] @ B0[1] @ B0[1].T  # on two subspaces at once
+    X = np.concatenate([X, mid.astype(dtype)])
+    # tol above float32's rounding of the cost: tol=0 would run on while the cost's last
+    # bits still wobble, and the count of those steps is rounding, not algorithm.
+    r = lpfast.k_subspaces(X, 4, 3, p, init_bases=B0, max_iter=40, tol=1e-9)
+    _, lb, cb, nb, hb = ref.k_subspaces_lloyd(X, B0, p=p, max_iter=40, tol=1e-9,
+                                              eps=r.fit_info["eps"])
+    assert r.n_iter == nb > 20
+    rtol = 1e-9 if dtype == np.float64 else 2e-5
+    np.testing.assert_array_equal(r.labels, lb)
+    np.testing.assert_allclose(r.history, hb, rtol=rtol)
+    np.testing.assert_array_equal(r.predict(X), r.labels)  # the full assignment
+    d_full = r.distances(X)
+    w_cost = np.sum(d_full.astype(np.float64) ** p)
+    assert r.cost == pytest.approx(w_cost, rel=1e-9 if dtype == np.float64 else 1e-5)
+
+
 @pytest.mark.parametrize("p", [2.0, 1.0])
 def test_cost_monotone_and_consistent(p):
     X, _ = planted(800, 20, 4, 3, 0.3, seed=6)

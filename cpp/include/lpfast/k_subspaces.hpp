@@ -182,47 +182,66 @@ double total_cost(const Data<T>& data, const std::vector<double>& dist2, double 
 
 constexpr std::int64_t kAssignChunk = 512;
 
-// labels / dist2 (and optionally coef, (n, j) row-major: V_label^T x) for every row.
+// labels / dist2 (and optionally coef, (n, j) row-major: V_label^T x; and all_d2, (n, k)
+// row-major: the squared distance to every basis) for rows[0..m), or for every row when
+// rows == nullptr (then m = n). Outputs are indexed by row number.
 template <class T>
-void assign(const Data<T>& data, const std::vector<MatD>& V, std::int64_t* labels, double* dist2,
-            T* coef = nullptr) {
-  const std::int64_t n = data.n, d = data.d;
+void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int64_t* rows,
+                 std::int64_t m, std::int64_t* labels, double* dist2, T* coef = nullptr,
+                 double* all_d2 = nullptr) {
+  const std::int64_t d = data.d;
   const int k = static_cast<int>(V.size());
   const int j = static_cast<int>(V[0].cols());
   ColMat<T> B(d, static_cast<std::int64_t>(k) * j);
   for (int c = 0; c < k; ++c) B.middleCols(static_cast<std::int64_t>(c) * j, j) = V[c].cast<T>();
-  const std::int64_t chunks = (n + kAssignChunk - 1) / kAssignChunk;
-  const int nt = threads_for(2.0 * n * d * k * j, 1.0e6);
+  const std::int64_t chunks = (m + kAssignChunk - 1) / kAssignChunk;
+  const int nt = threads_for(2.0 * m * d * k * j, 1.0e6);
   ExceptionGuard guard;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   guard.run([&] {
     RowMat<T> P(kAssignChunk, static_cast<std::int64_t>(k) * j);
+    RowMat<T> Xg(rows != nullptr ? kAssignChunk : 0, d);
 #pragma omp for schedule(static)
     for (std::int64_t ch = 0; ch < chunks; ++ch) {
-      const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(n, r0 + kAssignChunk);
-      const std::int64_t m = r1 - r0;
-      Eigen::Map<const RowMat<T>> Xc(data.row(r0), m, d);
-      P.topRows(m).noalias() = Xc * B;
-      for (std::int64_t r = 0; r < m; ++r) {
+      const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(m, r0 + kAssignChunk);
+      const std::int64_t cnt = r1 - r0;
+      if (rows != nullptr) {
+        for (std::int64_t r = 0; r < cnt; ++r)
+          std::copy(data.row(rows[r0 + r]), data.row(rows[r0 + r]) + d, Xg.row(r).data());
+        P.topRows(cnt).noalias() = Xg.topRows(cnt) * B;
+      } else {
+        Eigen::Map<const RowMat<T>> Xc(data.row(r0), cnt, d);
+        P.topRows(cnt).noalias() = Xc * B;
+      }
+      for (std::int64_t r = 0; r < cnt; ++r) {
+        const std::int64_t i = rows != nullptr ? rows[r0 + r] : r0 + r;
         const T* pr = P.row(r).data();
         int best = 0;
         double best_d2 = std::numeric_limits<double>::infinity();
         for (int c = 0; c < k; ++c) {
           double s = 0;
           for (int t = 0; t < j; ++t) s += static_cast<double>(pr[c * j + t]) * pr[c * j + t];
-          const double d2 = std::max(data.xn2[r0 + r] - s, 0.0);
+          const double d2 = std::max(data.xn2[i] - s, 0.0);
+          if (all_d2 != nullptr) all_d2[i * k + c] = d2;
           if (d2 < best_d2) {
             best_d2 = d2;
             best = c;
           }
         }
-        labels[r0 + r] = best;
-        dist2[r0 + r] = best_d2;
-        if (coef != nullptr) std::copy(pr + best * j, pr + (best + 1) * j, coef + (r0 + r) * j);
+        labels[i] = best;
+        dist2[i] = best_d2;
+        if (coef != nullptr) std::copy(pr + best * j, pr + (best + 1) * j, coef + i * j);
       }
     }
   });
   guard.rethrow();
+}
+
+// labels / dist2 (and optionally coef) for every row.
+template <class T>
+void assign(const Data<T>& data, const std::vector<MatD>& V, std::int64_t* labels, double* dist2,
+            T* coef = nullptr) {
+  assign_rows(data, V, nullptr, data.n, labels, dist2, coef);
 }
 
 // Squared distance of the given rows to one basis V.
@@ -431,6 +450,11 @@ inline MatD top_eigenvectors(const MatD& G, const MatD& V0, int j) {
     if (res <= target) return V;
     const int left = kMaxKrylov - it;
     if (left <= 0) break;
+    // Before any decay is observed: the best step seen on Lloyd's Grams cuts the residual
+    // by ~1e-3 to 1e-4, so a start more than 1e4 per remaining step away goes dense at once
+    // (early Lloyd iterations start 1e8-1e9 away; the two wasted steps cost ~20% of the dense
+    // solve).
+    if (it == 0 && res > target * std::pow(1e4, left)) break;
     if (it > 0) {
       const double rate = res / prev_res;
       if (!(rate < 1.0) || std::log(target / res) / std::log(rate) > left) break;
@@ -588,17 +612,18 @@ class Lloyd {
     cur.V = std::move(V);
     cur.labels.resize(n);
     cur.dist2.resize(n);
-    assign(data_, cur.V, cur.labels.data(), cur.dist2.data());
+    assign_all(cur);
     cur.cost = total_cost(data_, cur.dist2, opt_.p);
     Fit best = cur;
     best.history = {cur.cost};
     double prev = cur.cost;
     for (int it = 1; it <= opt_.max_iter; ++it) {
+      const std::vector<MatD> before = cur.V;
       KS_T0(refit);
       refit(cur);
       KS_T1(refit);
       KS_T0(assign);
-      assign(data_, cur.V, cur.labels.data(), cur.dist2.data());
+      assign_bounded(before, cur);
       KS_T1(assign);
       cur.cost = total_cost(data_, cur.dist2, opt_.p);
       best.history.push_back(cur.cost);
@@ -616,6 +641,90 @@ class Lloyd {
   }
 
  private:
+  // -- assignment with Elkan-style bounds -----------------------------------------------------
+  // upper_[i] >= dist(x_i, V_label_i) and lower_[i k + c] <= dist(x_i, V_c) hold for the exact
+  // distances (not squared). When a basis moves from V to V', every row's distance to it moves
+  // by at most ||x|| sin theta_max(V, V') = ||x|| ||(I - V V^T) V'||_2, so the bounds are
+  // loosened by that much. A row whose bounds prove that no other basis can come within the
+  // rounding error of the assignment GEMM keeps its label and needs only its own distance
+  // (one GEMM per cluster against its basis alone); the others take the full computation.
+  // Labels are therefore those of the full assignment.
+
+  // |computed - exact| squared distance <= round_ * ||x||^2 for a (d x k j) GEMM in T:
+  // each coefficient is off by at most gamma_d ||x||, so the sum of j squares by
+  // 2 sqrt(j) gamma_d ||x||^2 (+ second order); a factor 2 on top, and the double sums.
+  double rounding() const {
+    const double u = 0.5 * std::numeric_limits<T>::epsilon();
+    const double gamma = (data_.d + 2) * u / (1.0 - (data_.d + 2) * u);
+    return 4.0 * std::sqrt(static_cast<double>(opt_.j)) * gamma + 1e-14;
+  }
+
+  void assign_all(Fit& f) {
+    const std::int64_t n = data_.n;
+    const int k = opt_.k;
+    all_d2_.resize(static_cast<std::size_t>(n) * k);
+    assign_rows<T>(data_, f.V, nullptr, n, f.labels.data(), f.dist2.data(), nullptr, all_d2_.data());
+    upper_.resize(n);
+    lower_.resize(static_cast<std::size_t>(n) * k);
+    const double eta = rounding();
+    for (std::int64_t i = 0; i < n; ++i) set_bounds(i, eta * data_.xn2[i], f);
+  }
+
+  void set_bounds(std::int64_t i, double E, const Fit& f) {
+    const int k = opt_.k;
+    upper_[i] = std::sqrt(f.dist2[i] + E);
+    for (int c = 0; c < k; ++c)
+      lower_[i * k + c] = std::sqrt(std::max(all_d2_[i * k + c] - E, 0.0));
+  }
+
+  void assign_bounded(const std::vector<MatD>& before, Fit& f) {
+    const std::int64_t n = data_.n;
+    const int k = opt_.k;
+    std::vector<double> move(k);
+    for (int c = 0; c < k; ++c) {
+      const MatD W = f.V[c] - before[c] * (before[c].transpose() * f.V[c]);
+      const MatD WtW = W.transpose() * W;
+      Eigen::SelfAdjointEigenSolver<MatD> es(WtW, Eigen::EigenvaluesOnly);
+      const double lam = std::max(es.eigenvalues().maxCoeff(), 0.0);
+      move[c] = std::sqrt(lam) * (1.0 + 1e-6) + 1e-12;  // margin for the eigenvalue's rounding
+    }
+    const double eta = rounding();
+    std::vector<std::vector<std::int64_t>> settled(k);
+    std::vector<std::int64_t> open;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double xnorm = std::sqrt(data_.xn2[i]), E = eta * data_.xn2[i];
+      const std::int64_t a = f.labels[i];
+      upper_[i] += move[a] * xnorm;
+      const double need = upper_[i] * upper_[i] + 2.0 * E;
+      bool sure = true;
+      for (int c = 0; c < k; ++c) {
+        double& l = lower_[i * k + c];
+        l -= move[c] * xnorm;
+        if (c != a && !(l > 0 && need < l * l)) sure = false;
+      }
+      (sure ? settled[a] : open).push_back(i);
+    }
+#ifdef LPFAST_KS_PROFILE
+    std::fprintf(stderr, "open %zu of %lld\n", open.size(), static_cast<long long>(n));
+#endif
+    // Settled rows: their own distance only, one GEMM per cluster against its basis.
+    std::vector<double> own;
+    for (int c = 0; c < k; ++c) {
+      own.resize(settled[c].size());
+      if (!own.empty()) member_dist2(data_, settled[c], f.V[c], own.data());
+      for (std::size_t r = 0; r < own.size(); ++r) {
+        const std::int64_t i = settled[c][r];
+        f.dist2[i] = own[r];
+        upper_[i] = std::sqrt(own[r] + eta * data_.xn2[i]);
+      }
+    }
+    if (open.empty()) return;
+    const bool all = static_cast<std::int64_t>(open.size()) == n;  // no gather needed
+    assign_rows<T>(data_, f.V, all ? nullptr : open.data(), static_cast<std::int64_t>(open.size()),
+                   f.labels.data(), f.dist2.data(), nullptr, all_d2_.data());
+    for (std::int64_t i : open) set_bounds(i, eta * data_.xn2[i], f);
+  }
+
   void refit(Fit& f) {
     const std::int64_t n = data_.n;
     const int k = opt_.k;
@@ -679,6 +788,7 @@ class Lloyd {
     for (int c = 0; c < k; ++c) {
       const auto& mem = members[c];
       const std::size_t changes = added[c].size() + removed[c].size();
+      KS_T0(gram);
       if (2 * changes > mem.size()) {  // rebuild
         G_[c].setZero();
         sqrt_w(mem);
@@ -692,6 +802,7 @@ class Lloyd {
         gram_accumulate(data_, removed[c].data(), scale.data(),
                         static_cast<std::int64_t>(removed[c].size()), -1.0, G_[c], work_);
       }
+      KS_T1(gram);
       KS_T0(eig);
       if (small(mem.size())) {
         sqrt_w(mem);
@@ -729,6 +840,7 @@ class Lloyd {
   const Data<T>& data_;
   Options opt_;
   std::vector<std::int64_t> gram_labels_;
+  std::vector<double> upper_, lower_, all_d2_;
   std::vector<MatD> G_;
   GramWork<T> work_;
 };
