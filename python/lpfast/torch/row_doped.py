@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from .._validate import as_float, as_int
 from .layers import (_check_embedding, _check_indices, _check_input, _device, _dtype, _module,
                      _padding)
+from .ops import projective_lookup
 
 __all__ = ["RowDopedEmbedding", "RowDopedLinear"]
 
@@ -147,16 +148,12 @@ class _RowDopedBase(nn.Module):
         """Factor rows ``t`` (int64, (M,)) of the non-exact part, shape (M, d)."""
         if self.method != "projective":
             return F.embedding(t, self.U, pad) @ self.Vt
-        K = self.n_subspaces
-        if K == 1:
+        if self.n_subspaces == 1:
             return F.embedding(t, self.coefficients, pad) @ self.bases[0].T
-        lab = self.labels[t]
-        order = torch.argsort(lab)
-        counts = torch.bincount(lab, minlength=K).tolist()
-        coef = F.embedding(t[order], self.coefficients, pad)
-        parts = [c @ self.bases[i].T for i, c in enumerate(torch.split(coef, counts))]
-        sorted_out = torch.cat(parts)
-        return torch.empty_like(sorted_out).index_copy(0, order, sorted_out)
+        # The fused C++ lookup (ProjectiveEmbedding's) takes bases as (K, j, d): a K*j*d
+        # copy per call, differentiable.
+        return projective_lookup(t, self.coefficients, self.bases.transpose(1, 2).contiguous(),
+                                 self.labels, pad)
 
     def _table(self) -> Tensor:
         """The (n, d) matrix represented, detached (for reports and tests, not forwards)."""
@@ -379,7 +376,11 @@ class RowDopedEmbedding(_RowDopedBase):
         is_exact = self.exact_indices[pos.clamp(max=R - 1)] == flat
         ex = is_exact.nonzero().squeeze(1)
         if ex.numel():
-            out.index_copy_(0, ex, F.embedding(pos[ex], self.exact_rows, s_pad))
+            rows = F.embedding(pos[ex], self.exact_rows, s_pad)
+            if self.method == "projective" and self.n_subspaces > 1:
+                out = out.index_copy(0, ex, rows)  # a custom op's output: no in-place edit
+            else:
+                out.index_copy_(0, ex, rows)
         return out.reshape(*x.shape, d)
 
     def dense_weight(self) -> Tensor:
