@@ -420,6 +420,30 @@ def test_cli_compress_auto(tmp_path, capsys):
     assert loaded(torch.randint(0, 300, (2, 5))).shape == (2, 10)
 
 
+def test_auto_sweep_and_cli_compress_plot(tmp_path, capsys):
+    model = Tiny()
+    report = compress(model, {"emb": "auto:4:candidates=svd/lp:1,sweep=2/8/4"})
+    row = report.layers[0]
+    assert [p.ratio for p in row.sweep] == [2, 4, 8] and row.sweep[1] is row.plan
+    assert [p["ratio"] for p in json.loads(json.dumps(row.to_dict()))["sweep"]] == [2, 4, 8]
+    with pytest.raises(ValueError, match="sweep"):
+        compress(Tiny(), {"emb": "auto:4:sweep=0.5"})
+
+    pytest.importorskip("matplotlib")
+    src, dst, png = tmp_path / "in.pt", tmp_path / "out.pt", tmp_path / "auto.png"
+    torch.save(Tiny(), src)
+    code = main(["compress", str(src), str(dst), "--quiet", "--plot", str(png),
+                 "--plot-ratios", "3,6", "--rule", "emb=auto:4:candidates=svd",
+                 "--rule", "body.2=auto:2:candidates=svd/lp:1.5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("emb", "body.2"):
+        path = tmp_path / f"auto-{name}.png"
+        assert f"plot: {path}" in out and path.read_bytes()[:4] == b"\x89PNG"
+    assert main(["compress", str(src), str(dst), "--plot", str(png), "--rule", "emb=lowrank:4"]) == 2
+    assert "no --rule uses auto" in capsys.readouterr().err
+
+
 def test_cli_plan_table_ratios_json(tmp_path, capsys):
     E = matrix(200, 16, np.float32)
     counts = zipf_counts(200)
@@ -499,6 +523,12 @@ def test_cli_plan_errors(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "--plot needs matplotlib" in err and "lpfast[plot]" in err
     assert not (tmp_path / "p.png").exists()
+    src = tmp_path / "in.pt"
+    torch.save(Tiny(), src)
+    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--plot", str(tmp_path / "p.png"),
+                 "--rule", "emb=auto:4"]) == 2  # checked before any fitting
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()
 
 
 # -- bad input -------------------------------------------------------------------------------

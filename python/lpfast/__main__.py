@@ -11,6 +11,7 @@ needs matplotlib: ``pip install "lpfast[plot]"``).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -90,6 +91,26 @@ def compress(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: --rule: {e}", file=sys.stderr)
         return 2
+    if args.plot:
+        if not any(spec["method"] == "auto" for _, spec in rules):
+            print("error: --plot: plots the plans of 'auto' rules; no --rule uses auto",
+                  file=sys.stderr)
+            return 2
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            print(f"error: --plot needs matplotlib: pip install matplotlib "
+                  f"(or pip install \"lpfast[plot]\") ({e})", file=sys.stderr)
+            return 2
+        try:
+            sweep = _ratios(argparse.Namespace(ratio=None, ratios=args.plot_ratios or ""),
+                            required=False)
+        except _CliError as e:
+            print(f"error: --plot-ratios: {e}", file=sys.stderr)
+            return 2
+        for _, spec in rules:
+            if spec["method"] == "auto" and "sweep" not in spec and sweep:
+                spec["sweep"] = sweep
     print(f"loading {args.input}")
     # A whole pickled model (torch.save(model, path)): unpickling runs code from the file,
     # so only load files you trust.
@@ -116,6 +137,17 @@ def compress(args: argparse.Namespace) -> int:
         with open(args.report_json, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
         print(f"report: {args.report_json}")
+    if args.plot:
+        planned = [r for r in report.layers if r.plan is not None]
+        root, ext = os.path.splitext(args.plot)
+        for r in planned:
+            path = args.plot if len(planned) == 1 else f"{root}-{r.name}{ext or '.png'}"
+            n, d = r.plan.shape
+            spec = next(sp for pat, sp in rules if fnmatch.fnmatchcase(r.name, pat))
+            weighted = spec.get("counts") is not None or spec.get("weights") is not None
+            title = f"{r.name} ({n} x {d}){', usage-weighted' if weighted else ''}"
+            plot_plans(r.sweep or [r.plan], path, title, weighted=weighted)
+            print(f"plot: {path}")
     return 0
 
 
@@ -275,14 +307,14 @@ def plot_plans(plans: list[Any], path: str, title: str = "", weighted: bool = Fa
     fig.savefig(path, dpi=120)
 
 
-def _ratios(args: argparse.Namespace) -> list[float]:
+def _ratios(args: argparse.Namespace, required: bool = True) -> list[float]:
     vals = [] if args.ratio is None else [args.ratio]
     if args.ratios:
         try:
             vals += [float(v) for v in args.ratios.split(",") if v.strip()]
         except ValueError as e:
             raise _CliError(f"--ratios: expected comma-separated numbers, got {args.ratios!r}") from e
-    if not vals:
+    if not vals and required:
         raise _CliError("give --ratio R and/or --ratios R1,R2,...")
     bad = [v for v in vals if not v > 1]
     if bad:
@@ -380,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="ignore rules that match no module (default: error)")
     p_comp.add_argument("--threads", type=int, default=0, help="threads for torch and lpfast")
     p_comp.add_argument("--quiet", action="store_true", help="no per-layer progress")
+    p_comp.add_argument("--plot", metavar="OUT.png",
+                        help="save each auto layer's error vs compression ratio (needs "
+                             "matplotlib; several auto layers: OUT-<layer>.png)")
+    p_comp.add_argument("--plot-ratios", metavar="R1,R2,...",
+                        help="with --plot: also plan auto layers at these ratios (for the plot "
+                             "only; the layer is built at its rule's ratio)")
     p_plan = sub.add_parser(
         "plan", help="rank compression methods on one matrix (table, optional plot)",
         description="Fit SVD, lp and k-subspace factorizations with and without row doping "

@@ -193,7 +193,7 @@ def _doped_kron(name: str, module: nn.Module, spec: Mapping[str, Any]) -> nn.Mod
 # -- auto: the planner ---------------------------------------------------------------------------
 
 _AUTO_OPTIONS = {"ratio", "counts", "weights", "power", "floor", "candidates", "p_values",
-                 "k_values", "doping", "seed", "refit", "layer"}
+                 "k_values", "doping", "seed", "refit", "layer", "sweep"}
 
 
 def _load_vector(name: str, key: str, value: Any) -> np.ndarray:
@@ -360,16 +360,39 @@ def _auto(name: str, module: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
                      f"dim {row['rank']:4d}  exact rows {row['n_exact']:6d}  "
                      f"error {row['error']:.5f}  ({row['seconds']:.2f} s)")
 
-    try:
-        plan = plan_compression(E, _planner_ratio(n * d, weight_budget), callback=report, **kw)
-    except ValueError as e:
-        if str(e).startswith("ratio:"):
-            raise _too_small(name, spec, f"any candidate on {name}") from e
-        raise ValueError(f"rules[{name!r}]: {e}") from e
-    except TypeError as e:
-        raise TypeError(f"rules[{name!r}]: {e}") from e
+    def fit(budget: int) -> Any:
+        try:
+            return plan_compression(E, _planner_ratio(n * d, budget), callback=report, **kw)
+        except ValueError as e:
+            if str(e).startswith("ratio:"):
+                raise _too_small(name, spec, f"any candidate on {name}") from e
+            raise ValueError(f"rules[{name!r}]: {e}") from e
+        except TypeError as e:
+            raise TypeError(f"rules[{name!r}]: {e}") from e
+
+    sweep_budgets = []
+    if spec.get("sweep") is not None:
+        for r in _seq(name, "sweep", spec["sweep"], float):
+            if not r > 1:
+                msg = f"rules[{name!r}]['sweep']: expected compression ratios > 1, got {r}"
+                raise ValueError(msg)
+            b = math.floor(_budget(name, module, {"ratio": r}) - extra)
+            if b < 1 or r == spec["ratio"]:
+                continue
+            sweep_budgets.append(b)
+    plan = fit(weight_budget)
+    sweep = [plan]
+    for b in sweep_budgets:
+        try:
+            sweep.append(fit(b))
+        except ValueError as e:
+            if progress is not None:
+                progress(f"      sweep: {e}")
+    sweep.sort(key=lambda p: p.ratio)
     new = _layer_from_plan(module, plan, layer)
     new._lpfast_plan = plan  # taken into the report by compress (not saved with the model)
+    if len(sweep) > 1:
+        new._lpfast_sweep = sweep
     if progress is not None:
         b = plan.best_row
         progress(f"      plan: best {b['candidate']} (dim {b['rank']}, {b['n_exact']} exact rows, "
@@ -406,6 +429,9 @@ class LayerReport:
     plan : lpfast.Plan or None
         The planner's result (method ``"auto"``): ranked table (``plan.rows``,
         ``str(plan)``) and the best fit.
+    sweep : list of lpfast.Plan or None
+        With the ``"auto"`` option ``sweep``: the plans at every ratio (``plan`` among
+        them), by increasing ratio.
     """
 
     name: str
@@ -418,6 +444,7 @@ class LayerReport:
     seconds: float
     indices_after: int = 0
     plan: Any = None
+    sweep: Any = None
 
     @property
     def ratio(self) -> float:
@@ -431,14 +458,17 @@ class LayerReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-serializable); the plan as its rows, budget and ratio."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan"}
-        out.update(ratio=self.ratio, stored_after=self.stored_after, plan=None)
-        if self.plan is not None:
-            p = self.plan
-            out["plan"] = {"budget": p.budget, "ratio": p.ratio, "shape": list(p.shape),
-                           "seconds": p.seconds, "rows": [_plain(r) for r in p.rows],
-                           "skipped": [_plain(r) for r in p.skipped]}
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("plan", "sweep")}
+        out.update(ratio=self.ratio, stored_after=self.stored_after,
+                   plan=None if self.plan is None else _plan_dict(self.plan),
+                   sweep=None if self.sweep is None else [_plan_dict(p) for p in self.sweep])
         return out
+
+
+def _plan_dict(p: Any) -> dict[str, Any]:
+    return {"budget": p.budget, "ratio": p.ratio, "shape": list(p.shape), "seconds": p.seconds,
+            "rows": [_plain(r) for r in p.rows], "skipped": [_plain(r) for r in p.skipped]}
 
 
 def _plain(obj: Any) -> Any:
@@ -584,7 +614,9 @@ def compress(model: nn.Module, rules: Rules, *, strict: bool = True,
           ``floor`` 1.0) or ``weights`` (row weights as such); ``candidates`` (list, or
           ``"svd/lp:1/projective:5"``), ``p_values``, ``k_values`` (as the planner's,
           e.g. ``"1/1.5"``), ``doping`` (``"both"``, True = doped only, False = none),
-          ``seed`` (0), ``refit`` (True), ``layer`` (``"auto"`` or ``"row_doped"``).
+          ``seed`` (0), ``refit`` (True), ``layer`` (``"auto"`` or ``"row_doped"``),
+          ``sweep`` (more layer ratios to plan for comparison only, e.g. ``"4/16"``: the
+          report row's ``sweep`` holds every plan, for an error-vs-ratio plot).
           Its budget counts exact-row indices and labels (``stored_after``); the report
           row carries the plan (``row.plan``, printed under the table).
 
@@ -676,9 +708,10 @@ def _compress_layers(model: nn.Module, chosen: list[tuple[str, nn.Module, dict[s
             raise TypeError(msg)
         new.train(module.training)
         plan = new.__dict__.pop("_lpfast_plan", None)
+        sweep = new.__dict__.pop("_lpfast_sweep", None)
         row = LayerReport(name, spec["method"], repr(module), repr(new), _n_params(module),
                           _n_params(new), _relative_error(module, new), seconds,
-                          _n_indices(new), plan)
+                          _n_indices(new), plan, sweep)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
         report.layers.append(row)
