@@ -28,7 +28,7 @@ n_values + n_indices`` is every number stored, which equals :attr:`lpfast.RowDop
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from .._validate import as_float, as_int
 from .layers import (_check_embedding, _check_indices, _check_input, _device, _dtype, _module,
                      _padding)
 from .ops import projective_lookup
+
+if TYPE_CHECKING:
+    from ..row_doped import RowDoped
 
 __all__ = ["RowDopedEmbedding", "RowDopedLinear"]
 
@@ -167,7 +170,7 @@ class _RowDopedBase(nn.Module):
 
     # -- conversion --
 
-    def to_row_doped(self):
+    def to_row_doped(self) -> RowDoped:
         """The current (possibly trained) state as an :class:`lpfast.RowDoped` of the
         (n, d) table / (out, in) weight; ``error`` and ``cost`` are NaN (not re-measured),
         the bias of a Linear is not included."""
@@ -180,7 +183,7 @@ class _RowDopedBase(nn.Module):
                         budget=getattr(info, "budget", None), **arrays)
 
     @staticmethod
-    def _as_result(result: Any):
+    def _as_result(result: Any) -> RowDoped:
         from ..row_doped import RowDoped
 
         if isinstance(result, dict):
