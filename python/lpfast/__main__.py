@@ -66,7 +66,54 @@ def demo(args: argparse.Namespace) -> int:
         t_op = _best_time(lambda: op(x))
         print(f"batch {batch:3d}: dense x @ W.T {t_dense * 1e3:7.3f} ms, "
               f"DopedKronecker {t_op * 1e3:7.3f} ms  ({t_dense / t_op:5.1f}x faster)")
+    _demo_robust(args.seed)
+    _demo_planner(args.seed)
     return 0
+
+
+def _max_angle_deg(V: np.ndarray, Q: np.ndarray) -> float:
+    """Largest principal angle (degrees) between span(V) and span(Q), both orthonormal."""
+    s = np.linalg.svd(V.T @ Q, compute_uv=False)
+    return float(np.degrees(np.arccos(np.clip(s.min(), -1.0, 1.0))))
+
+
+def _demo_robust(seed: int) -> None:
+    import lpfast
+
+    n, d, k = 20000, 256, 32
+    print(f"\n== Robust low-rank factorization: {n} x {d} table near a rank-{k} subspace, "
+          f"5% far-away rows ==")
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    E = rng.standard_normal((n, k)) @ Q.T + 0.01 * rng.standard_normal((n, d))
+    bad = rng.choice(n, n // 20, replace=False)
+    E[bad] = 3.0 * rng.standard_normal((bad.size, d))
+    E = E.astype(np.float32)
+    for p in (2.0, 1.0):
+        t0 = time.perf_counter()
+        fit = lpfast.lp_subspace(E, k, p)
+        secs = time.perf_counter() - t0
+        name = "SVD (p=2)" if p == 2.0 else f"l{p:g} IRLS "
+        print(f"{name}: largest angle to the planted subspace {_max_angle_deg(fit.basis, Q):5.2f} deg, "
+              f"{fit.n_iter:3d} steps, {secs:.2f} s")
+
+
+def _demo_planner(seed: int) -> None:
+    import lpfast
+
+    n, d = 4000, 64
+    print(f"\n== Planner: {n} x {d} vocabulary whose most used rows lie off the main subspace, "
+          f"ratio 8 ==")
+    rng = np.random.default_rng(seed)
+    E = rng.standard_normal((n, 8)) @ rng.standard_normal((8, d))
+    counts = 1e6 / np.arange(1, n + 1) ** 1.1  # Zipf usage: row 0 is the most frequent
+    E[:100] = 4.0 * rng.standard_normal((100, d))  # frequent tokens: far from the bulk
+    E += 0.05 * rng.standard_normal((n, d))
+    t0 = time.perf_counter()
+    plan = lpfast.plan_compression(E.astype(np.float32), 8, weights=lpfast.usage_weights(counts),
+                                   seed=seed)
+    print(plan)
+    print(f"planned in {time.perf_counter() - t0:.1f} s")
 
 
 def info(args: argparse.Namespace) -> int:
