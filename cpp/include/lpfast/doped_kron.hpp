@@ -96,9 +96,16 @@ void sparse_part_batched(const T* x, std::int64_t batch, const CsrView<T, I>& S,
   const auto [j0, j1] = static_range(n, tid, team);
   for (std::int64_t b0 = 0; b0 < batch; b0 += WIDTH) {
     const std::int64_t nb = std::min<std::int64_t>(WIDTH, batch - b0);
-    for (std::int64_t j = j0; j < j1; ++j) {
-      T* row = ws.xt.data() + j * WIDTH;
-      for (std::int64_t b = 0; b < nb; ++b) row[b] = x[(b0 + b) * n + j];
+    // Transposed in tiles of 16 columns: reading x column by column (a power-of-two stride
+    // of n floats) thrashed the cache and took half of the sparse part (batch 32,
+    // 4096 x 4096: 232 us -> 40 us).
+    constexpr std::int64_t kTile = 16;
+    for (std::int64_t jt = j0; jt < j1; jt += kTile) {
+      const std::int64_t je = std::min(j1, jt + kTile);
+      for (std::int64_t b = 0; b < nb; ++b) {
+        const T* src = x + (b0 + b) * n;
+        for (std::int64_t j = jt; j < je; ++j) ws.xt[j * WIDTH + b] = src[j];
+      }
     }
 #pragma omp barrier
     csr_matmat_add_rows<WIDTH>(S, ws.xt.data(), nb, y + b0 * m, m, r0, r1);
