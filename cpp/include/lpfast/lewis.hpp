@@ -221,18 +221,50 @@ void exact_tau(const T* X, std::int64_t n, std::int64_t d, const Factor& f, std:
   guard.rethrow();
 }
 
+// Columns of the JL map of the sketched iterations (the final evaluation uses more).
+inline constexpr int kJlIterCols = 16;
+
+// tau_i ~ |x_i^T H|^2 / K for a narrow H (d x K, K = kJlIterCols: the iterations' JL map): each row
+// is streamed once and z_i = sum_t x_it H_t accumulated by broadcast FMAs, four rows at a
+// time for independent dependency chains. A GEMM would pack every block of X first: perf
+// showed packing plus the skinny GEMM at 45% of a sketched fit (30522 x 384).
+template <int K, class T>
+void jl_tau_narrow(const T* X, std::int64_t n, std::int64_t d, const Mat<T>& Ht,
+                   std::vector<double>& tau) {
+  using Lane = Eigen::Array<T, K, 1>;
+  std::vector<Lane, Eigen::aligned_allocator<Lane>> rows(static_cast<std::size_t>(d));
+  for (std::int64_t t = 0; t < d; ++t) rows[t] = Ht.row(t).transpose().array();
+  const int nt = threads_for(2.0 * n * d * K, 2.0e7);
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+  for (std::int64_t i0 = 0; i0 < n; i0 += 4) {
+    const std::int64_t m = std::min<std::int64_t>(4, n - i0);
+    Lane z[4] = {Lane::Zero(), Lane::Zero(), Lane::Zero(), Lane::Zero()};
+    const T* x[4];
+    for (std::int64_t r = 0; r < 4; ++r) x[r] = X + (i0 + std::min(r, m - 1)) * d;
+    for (std::int64_t t = 0; t < d; ++t) {
+      const Lane& h = rows[t];
+      z[0] += x[0][t] * h;
+      z[1] += x[1][t] * h;
+      z[2] += x[2][t] * h;
+      z[3] += x[3][t] * h;
+    }
+    for (std::int64_t r = 0; r < m; ++r)
+      tau[i0 + r] = static_cast<double>(z[r].matrix().squaredNorm()) / static_cast<double>(K);
+  }
+}
+
 // tau_i ~ |x_i^T H|^2 / k for H = d x k.
 template <class T>
 void jl_tau(const T* X, std::int64_t n, std::int64_t d, const MatD& H, std::vector<double>& tau) {
   const std::int64_t k = H.cols();
   const Mat<T> Ht = H.cast<T>();
+  if (k == kJlIterCols) return jl_tau_narrow<kJlIterCols>(X, n, d, Ht, tau);
   const int nt = threads_for(2.0 * n * d * k, 2.0e7);
   ExceptionGuard guard;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   guard.run([&] {
     const int tid = thread_id(), team = team_size();
-    // Blocks of kJlBlock rows: with k <= 128 columns, smaller blocks spent a third of the
-    // time re-packing H for every GEMM (perf, 30522 x 384, k = 16).
+    // Blocks of kJlBlock rows: fewer, larger GEMMs (each one packs its block of X).
     constexpr std::int64_t kJlBlock = 4096;
     Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> z(kJlBlock, k);
     const auto [r0, r1] = split(n, tid, team);
@@ -351,10 +383,9 @@ LewisInfo lewis_weights(const T* X, std::int64_t n, std::int64_t d, const LewisO
   Rng rng(opt.seed);
   std::unique_ptr<CountSketch> cs;
   MatD G0;
-  constexpr std::int64_t k_iter = 16;
   if (sketch) {
     cs = std::make_unique<CountSketch>(n, lewis_sketch_rows(d), rng);
-    G0 = gaussian(d, k_iter, rng);
+    G0 = gaussian(d, kJlIterCols, rng);
   }
   Factor f;
   for (int it = 1; it <= opt.max_iter; ++it) {
