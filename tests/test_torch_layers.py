@@ -410,3 +410,50 @@ def test_doped_layer_compiles_fullgraph():
     torch.testing.assert_close(y, layer(x))
     y.sum().backward()
     assert layer.S_values.grad is not None and x.grad.shape == x.shape
+
+
+def _doped_layer(dtype=torch.float32, bias=True):
+    torch.manual_seed(0)
+    layer = DopedKroneckerLinear(48, 35, (5, 6), (7, 8), density=0.05, rank=2, bias=bias,
+                                 dtype=dtype)
+    with torch.no_grad():
+        layer.S_values.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 48), (5, 48), (2, 3, 48)], ids=str)
+def test_doped_serving_path_matches_autograd_path(dtype, shape):
+    # no_grad calls go through a cached DopedKronecker (SELL layout for single rows); they
+    # must agree with the custom op that autograd uses.
+    layer = _doped_layer(dtype).eval()
+    x = torch.randn(*shape, dtype=dtype)
+    want = layer(x.requires_grad_())
+    with torch.no_grad():
+        got = layer(x.detach())
+    with torch.inference_mode():
+        got_inf = layer(x.detach())
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want.detach(), **tol)
+    torch.testing.assert_close(got_inf, want.detach(), **tol)
+
+
+def test_doped_serving_cache_follows_parameter_updates():
+    layer = _doped_layer().eval()
+    x = torch.randn(1, 48)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with torch.no_grad():
+        before = layer(x)
+    layer(torch.randn(4, 48)).square().sum().backward()
+    opt.step()  # in-place updates of A, B, S_values and bias
+    with torch.no_grad():
+        after = layer(x)
+        torch.testing.assert_close(after, x @ layer.dense_weight().T + layer.bias)
+    assert not torch.equal(before, after)
+    fresh = _doped_layer()
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), after)
+    layer.double()  # new tensors, same values
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x.double()), after.double(), rtol=1e-5, atol=1e-5)
