@@ -306,21 +306,6 @@ def _summary(plans: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _plan_dict(p: Any) -> dict[str, Any]:
-    return {"ratio": p.ratio, "budget": p.budget, "shape": list(p.shape), "seconds": p.seconds,
-            "rows": _plain(p.rows), "skipped": _plain(p.skipped)}
-
-
 def plot_plans(plans: list[Any], path: str, title: str = "", weighted: bool = False) -> None:
     """PNG of each candidate's error vs the target compression ratio (log scale).
 
@@ -430,7 +415,7 @@ def plan(args: argparse.Namespace) -> int:
         print(_summary(plans))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([_plan_dict(p) for p in plans], f, indent=2)
+            json.dump([p.to_dict() for p in plans], f, indent=2)
         print(f"json: {args.json}")
     if args.plot:
         title = f"{os.path.basename(args.input)} ({n} x {d}){', usage-weighted' if weights is not None else ''}"

@@ -160,6 +160,13 @@ class Plan:
         body = [[fmt.format(r[key]) for _, key, fmt in _COLUMNS] for r in self.rows]
         return head, body
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready plain values (ratio, budget, shape, seconds, rows, skipped);
+        the fitted ``best`` object is left out (``best.to_dict()`` holds its arrays)."""
+        return {"ratio": self.ratio, "budget": self.budget, "shape": list(self.shape),
+                "seconds": self.seconds, "rows": _plain(self.rows),
+                "skipped": _plain(self.skipped)}
+
     def to_markdown(self) -> str:
         """The ranked table as GitHub markdown."""
         head, body = self._cells()
@@ -395,3 +402,14 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
     for place, r in enumerate(ranked, 1):
         r["place"] = place
     return Plan(ranked, best, skipped, budget, ratio, (n, d), time.perf_counter() - t_start)
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy scalars inside containers as JSON-ready Python values."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -461,25 +461,9 @@ class LayerReport:
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.name not in ("plan", "sweep")}
         out.update(ratio=self.ratio, stored_after=self.stored_after,
-                   plan=None if self.plan is None else _plan_dict(self.plan),
-                   sweep=None if self.sweep is None else [_plan_dict(p) for p in self.sweep])
+                   plan=None if self.plan is None else self.plan.to_dict(),
+                   sweep=None if self.sweep is None else [p.to_dict() for p in self.sweep])
         return out
-
-
-def _plan_dict(p: Any) -> dict[str, Any]:
-    return {"budget": p.budget, "ratio": p.ratio, "shape": list(p.shape), "seconds": p.seconds,
-            "rows": [_plain(r) for r in p.rows], "skipped": [_plain(r) for r in p.skipped]}
-
-
-def _plain(obj: Any) -> Any:
-    """NumPy scalars and containers as JSON-ready Python values."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 @dataclass
