@@ -90,24 +90,24 @@ void sell_fill(const CsrView<T, I>& S, const std::int32_t* row_of, const std::in
   }
 }
 
-// Slice boundaries splitting [0, slices) into `parts` ranges of about equal stored entries.
+// Slice boundaries splitting [0, slices) among `parts` threads so that each carries about
+// the same work, thread 0 also carrying `head` units of other work (in stored entries).
 template <class T, class J>
-std::vector<std::int64_t> sell_split(const SellView<T, J>& S, int parts) {
+std::vector<std::int64_t> sell_split(const SellView<T, J>& S, int parts, double head = 0.0) {
   std::vector<std::int64_t> bounds(parts + 1, S.slices);
   bounds[0] = 0;
-  const double total = static_cast<double>(S.slice_ptr[S.slices]);
+  const double total = static_cast<double>(S.slice_ptr[S.slices]) + head;
   for (int t = 1; t < parts; ++t) {
-    const auto target = static_cast<std::int64_t>(total * t / parts);
+    const auto target = static_cast<std::int64_t>(std::max(0.0, total * t / parts - head));
     bounds[t] = std::lower_bound(S.slice_ptr, S.slice_ptr + S.slices + 1, target) - S.slice_ptr;
     bounds[t] = std::max(bounds[t - 1], std::min(bounds[t], S.slices));
   }
   return bounds;
 }
 
-// y[row] += (S x)[row] for the rows of slices [s0, s1).
+// y[row] = (S x)[row] for the rows of slices [s0, s1) (every row sits in one slice).
 template <class T, class J>
-void sell_matvec_add(const SellView<T, J>& S, const T* x, T* y, std::int64_t s0,
-                     std::int64_t s1) {
+void sell_matvec(const SellView<T, J>& S, const T* x, T* y, std::int64_t s0, std::int64_t s1) {
   using Lane = Eigen::Array<T, kSellC, 1>;
   alignas(64) T buf[kSellC];
   for (std::int64_t s = s0; s < s1; ++s) {
@@ -120,7 +120,7 @@ void sell_matvec_add(const SellView<T, J>& S, const T* x, T* y, std::int64_t s0,
     }
     for (std::int64_t c = 0; c < kSellC; ++c) {
       const std::int32_t r = S.row_of[s * kSellC + c];
-      if (r >= 0) y[r] += acc[c];
+      if (r >= 0) y[r] = acc[c];
     }
   }
 }
