@@ -50,3 +50,75 @@ def projective_lookup_backward(
     dcoef: Optional[npt.NDArray[np.floating]],
     dbases: Optional[npt.NDArray[np.floating]],
 ) -> None: ...
+
+lewis_sketch_min_rows_per_column: int
+
+def sell_layout(
+    indptr: npt.NDArray[np.integer],
+    indices: npt.NDArray[np.integer],
+    data: npt.NDArray[np.floating],
+    cols: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.integer], npt.NDArray[np.floating]]: ...
+def doped_kron_matmul_sell(
+    x: npt.NDArray[np.floating],
+    A: npt.NDArray[np.floating],
+    B: npt.NDArray[np.floating],
+    slice_ptr: npt.NDArray[np.int64],
+    row_of: npt.NDArray[np.int32],
+    indices: npt.NDArray[np.integer],
+    data: npt.NDArray[np.floating],
+    bias: Optional[npt.NDArray[np.floating]],
+    out: npt.NDArray[np.floating],
+) -> None: ...
+def csr_sampled_product(
+    dy: npt.NDArray[np.floating],
+    x: npt.NDArray[np.floating],
+    indptr: npt.NDArray[np.integer],
+    indices: npt.NDArray[np.integer],
+    out: npt.NDArray[np.floating],
+) -> None: ...
+def kron_factor_grads(
+    x: npt.NDArray[np.floating],
+    dy: npt.NDArray[np.floating],
+    A: npt.NDArray[np.floating],
+    B: npt.NDArray[np.floating],
+    dA: npt.NDArray[np.floating],
+    dB: npt.NDArray[np.floating],
+) -> None: ...
+def lewis_weights(
+    X: npt.NDArray[np.floating],
+    p: float,
+    tol: float,
+    max_iter: int,
+    sketch: bool,
+    seed: int,
+    out: npt.NDArray[np.floating],
+) -> dict[str, object]: ...
+def k_subspaces_assign(
+    X: npt.NDArray[np.floating], bases: npt.NDArray[np.floating]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.floating]]: ...
+def k_subspaces_seed(
+    X: npt.NDArray[np.floating],
+    weights: npt.NDArray[np.float64],
+    n_subspaces: int,
+    dim: int,
+    p: float,
+    seeding: int,
+    seed: int,
+    stream: int,
+) -> npt.NDArray[np.floating]: ...
+def k_subspaces_fit(
+    X: npt.NDArray[np.floating],
+    weights: npt.NDArray[np.float64],
+    n_subspaces: int,
+    dim: int,
+    p: float,
+    max_iter: int,
+    tol: float,
+    eps: float,
+    irls_steps: int,
+    seeding: int,
+    n_init: int,
+    seed: int,
+    init_bases: Optional[npt.NDArray[np.floating]],
+) -> tuple[object, ...]: ...
