@@ -1,0 +1,29 @@
+"""The README's NumPy quickstart and planner snippet run as written (so they cannot rot)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks() -> list[str]:
+    if not README.exists():  # an installed copy without the source tree
+        pytest.skip("README.md is not beside the tests")
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_numpy_quickstart_and_planner_snippet_run():
+    blocks = _python_blocks()
+    numpy_quickstart = next(b for b in blocks if "lpfast.lp_subspace(" in b)
+    planner = next(b for b in blocks if "plan_compression(" in b)
+    ns: dict = {"counts": 1e5 / np.arange(1, 5001)}  # the planner snippet's token counts
+    exec(compile(numpy_quickstart + "\n" + planner, str(README), "exec"), ns)
+    assert ns["U"].shape == (5000, 32) and ns["Vt"].shape == (32, 256)
+    assert np.isclose(ns["w"].sum(), np.linalg.matrix_rank(ns["E"].astype(np.float64)), rtol=1e-3)
+    assert ns["op2"].nnz == ns["op"].nnz and ns["y"].shape == (32, 4096)
+    assert ns["plan"].best is not None
