@@ -166,7 +166,8 @@ inline Factor factor_gram(const MatD& M) {
 template <class T>
 MatD weighted_gram(const T* X, std::int64_t n, std::int64_t d, const std::vector<double>& sqrt_s) {
   const int nt = threads_for(static_cast<double>(n) * d * d, 2.0e7);
-  std::vector<MatD> parts(nt);
+  // Zero-filled up front: the runtime may grant a smaller team and leave some parts unused.
+  std::vector<MatD> parts(nt, MatD::Zero(d, d));
   ExceptionGuard guard;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   guard.run([&] {
@@ -300,7 +301,8 @@ struct CountSketch {
     const std::int64_t n = static_cast<std::int64_t>(bucket.size());
     const int nt = threads_for(static_cast<double>(rows) * d * d + static_cast<double>(n) * d, 2.0e7);
     MatD SX(d, rows);  // bucket b is column b
-    std::vector<MatD> parts(nt);
+    // Zero-filled up front: the runtime may grant a smaller team and leave some parts unused.
+  std::vector<MatD> parts(nt, MatD::Zero(d, d));
     ExceptionGuard guard;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     guard.run([&] {
