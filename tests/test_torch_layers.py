@@ -457,3 +457,37 @@ def test_doped_serving_cache_follows_parameter_updates():
     layer.double()  # new tensors, same values
     with torch.no_grad():
         torch.testing.assert_close(layer(x.double()), after.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_doped_serving_cache_is_dropped_by_mode_switches_and_never_traced():
+    # Fused optimizers update parameters without bumping their version: switching to eval
+    # (what an evaluation loop does) must still serve the new weights.
+    layer = _doped_layer()
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1, fused=True)
+    x = torch.randn(1, 48)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)  # fills the cache
+    layer.train()
+    layer(torch.randn(4, 48)).square().sum().backward()
+    opt.step()
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+        layer.A.data.mul_(2.0)  # invisible to version counters: documented escape hatch
+        layer.invalidate_cache()
+        torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+        traced = torch.jit.trace(layer, x)  # must not freeze the NumPy round trip
+        x2 = torch.randn(1, 48)
+        torch.testing.assert_close(traced(x2), x2 @ layer.dense_weight().T + layer.bias)
+    state = io.BytesIO()
+    torch.save(layer, state)  # the cache is not pickled
+    assert "_serving" not in torch.load(io.BytesIO(state.getvalue()), weights_only=False).__dict__
+
+
+def test_doped_layer_built_under_inference_mode_runs():
+    with torch.inference_mode():
+        layer = _doped_layer().eval()
+        x = torch.randn(2, 48)
+        torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)

@@ -260,15 +260,20 @@ class DopedKroneckerLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in_features) -> (..., out_features), the layer's dtype.
 
-        Without gradients (``torch.no_grad``/``inference_mode``, eval or ``cmr == 0``) the
-        call goes to a cached ``lpfast.DopedKronecker`` of the current parameters, rebuilt
-        only after a parameter changed: it skips the custom op's dispatch and serves single
-        rows from its SELL layout (4096 x 4096, 1% doping, batch 1: 137 -> ~75 us).
+        In eval mode without gradients (``torch.no_grad``/``inference_mode``) the call goes
+        to a cached ``lpfast.DopedKronecker`` of the current parameters: it skips the custom
+        op's dispatch and serves single rows from its SELL layout (4096 x 4096, 1% doping,
+        batch 1: 147 -> 91 us). The cache is dropped by ``train()``/``eval()`` and rebuilt
+        when a parameter is replaced or changed in place through autograd-visible ops; after
+        edits it cannot see (``.data``, NumPy views, fused optimizers stepping in eval mode)
+        call ``invalidate_cache()``.
         """
         _check_input(x, self.in_features, self.A.dtype)
         params = [t for t in (self.A, self.B, self.S_values, self.bias) if t is not None]
-        if (not self.training or self.cmr == 0) and _plain_inference(x, *params):
-            return torch.from_numpy(self._serving_operator()(x.detach().numpy()))
+        if not self.training and _plain_inference(x, *params):
+            op = self._serving_operator()
+            if op is not None:
+                return torch.from_numpy(op(x.detach().numpy()))
         if self.S_values.numel() == 0:
             return doped_kp_matmul(x, self.A, self.B, bias=self.bias, check=False)
         return doped_kp_matmul(x, self.A, self.B, self._effective_values(), self.S_crow_indices,
@@ -285,18 +290,40 @@ class DopedKroneckerLinear(nn.Module):
         return W
 
     def _serving_operator(self):
-        """``to_operator()`` cached until a parameter or buffer changes: a new tensor (load,
-        ``.double()``) or an in-place update (optimizer step, pruning) alters the key."""
+        """``to_operator()`` cached while the same tensor objects hold the same storage at the
+        same version (None for inference tensors, which have no version counter).
+
+        The cache keeps detached views of the storages it was built from, so a storage
+        swapped in later (``.double()``, ``.data = ...``) cannot reuse their addresses."""
         parts = (self.A, self.B, self.S_values, self.S_crow_indices, self.S_col_indices,
                  self.S_mask, self.bias)
-        key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+        if any(t is not None and t.is_inference() for t in parts):
+            return None
+        key = tuple(None if t is None else (t._version, t.data_ptr(), t.dtype, tuple(t.shape))
                     for t in parts)
         cached = self.__dict__.get("_serving")
-        if cached is None or cached[0] != key:
+        if (cached is None or cached[2] != key
+                or any(a is not b for a, b in zip(cached[0], parts))):
+            views = tuple(None if t is None else t.detach() for t in parts)
             # NaN/Inf propagate as in any torch layer instead of raising.
-            cached = (key, self.to_operator(check_finite=False))
+            cached = (parts, views, key, self.to_operator(check_finite=False))
             self.__dict__["_serving"] = cached  # plain attribute: not state, not a submodule
-        return cached[1]
+        return cached[3]
+
+    def invalidate_cache(self) -> None:
+        """Forget the cached operator of eval-mode calls (after parameter edits that torch
+        does not version: ``.data``, NumPy views, fused optimizers)."""
+        self.__dict__.pop("_serving", None)
+
+    def train(self, mode: bool = True) -> DopedKroneckerLinear:
+        if bool(mode) != self.training:  # leaving or entering training: weights may have moved
+            self.invalidate_cache()
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_serving", None)  # a cache, rebuilt on demand: never pickled
+        return state
 
     def to_operator(self, check_finite: bool = True):
         """The layer as an immutable ``lpfast.DopedKronecker`` (masked entries dropped)."""

@@ -299,7 +299,9 @@ def _plain_inference(*tensors: Tensor) -> bool:
     registration (fake, autograd) would do nothing but cost time."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    # Tracers (torch.jit.trace, ONNX export) would record the NumPy round trip as a constant.
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()):
         return False
     return all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
 
