@@ -1065,3 +1065,18 @@ def test_sell_result_independent_of_threads():
     finally:
         lpfast.set_num_threads(None)
     np.testing.assert_array_equal(one, two)
+
+
+def test_out_overlapping_x_is_refused():
+    # A square operator could be asked to write its result over its input: the kernels read
+    # x while they write out, so this must fail loudly rather than return garbage.
+    rng = np.random.default_rng(2)
+    A, B = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+    op = DopedKronecker(A, B)
+    x = rng.standard_normal((5, 12))
+    with pytest.raises(ValueError, match=r"^out: must not overlap x"):
+        op(x, out=x)
+    with pytest.raises(ValueError, match=r"^out: must not overlap x"):
+        doped_kp_matmul(x, A, B, out=x)
+    out = np.empty_like(x)
+    np.testing.assert_allclose(op(x, out=out), x @ op.to_dense().T)

@@ -85,7 +85,7 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype, check_finite: bool) -> tuple[np
     return x.reshape(math.prod(lead), n), lead
 
 
-def _output(out: Any, lead: tuple, m: int, dtype: np.dtype) -> np.ndarray:
+def _output(out: Any, lead: tuple, m: int, dtype: np.dtype, x: np.ndarray) -> np.ndarray:
     if out is None:
         return np.empty((*lead, m), dtype=dtype)
     if not isinstance(out, np.ndarray) or out.dtype != dtype or not out.flags.c_contiguous:
@@ -96,6 +96,9 @@ def _output(out: Any, lead: tuple, m: int, dtype: np.dtype) -> np.ndarray:
         raise ValueError(msg)
     if not out.flags.writeable:
         msg = "out: array is read-only"
+        raise ValueError(msg)
+    if np.may_share_memory(out, x):  # the kernels read x while they write out
+        msg = "out: must not overlap x"
         raise ValueError(msg)
     return out
 
@@ -234,7 +237,7 @@ class DopedKronecker:
         """
         m, n = self.shape
         rows, lead = _batch_rows(x, n, self.dtype, self.check_finite)
-        y = _output(out, lead, m, self.dtype)
+        y = _output(out, lead, m, self.dtype, rows)
         if self._sell is not None and rows.shape[0] == 1:
             _core.doped_kron_matmul_sell(rows, self.A, self.B, *self._sell, self.bias,
                                          y.reshape(1, m))
@@ -305,7 +308,7 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     bias = _bias(bias, m, dtype, check_finite)
     rows, lead = _batch_rows(x, n, dtype, check_finite)
     csr = (None, None, None) if S is None else as_csr(S, "S", (m, n), dtype, check_finite=check_finite)
-    y = _output(out, lead, m, dtype)
+    y = _output(out, lead, m, dtype, rows)
     _core.doped_kron_matmul(rows, A, B, *csr, bias, y.reshape(rows.shape[0], m))
     return y
 
