@@ -305,9 +305,14 @@ X_LAYOUTS = {
 def test_x_layouts_give_same_result(dtype, layout):
     ops = make_operands((3, 5), (4, 2), 2, dtype, with_S=True, with_bias=True)
     x = random_x((7, 10), dtype)
-    if layout == "list" and dtype != np.float64:
-        pytest.skip("a list of Python floats is float64 data: float32 operators refuse it")
     xv = X_LAYOUTS[layout](x)
+    if layout == "list" and dtype != np.float64:
+        # A list of Python floats is float64 data: float32 operands refuse it (no silent cast).
+        with pytest.raises(TypeError, match=r"^x: dtype float64 does not match"):
+            DopedKronecker(**ops)(xv)
+        with pytest.raises(TypeError, match=r"x is float64 but A is float32"):
+            doped_kp_matmul(xv, **ops)
+        return
     assert not (isinstance(xv, np.ndarray) and xv.flags.c_contiguous)
     want = expected(x, **ops)
     assert_matches(DopedKronecker(**ops)(xv), want, dtype)
