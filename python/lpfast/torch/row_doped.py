@@ -70,6 +70,7 @@ class _RowDopedBase(nn.Module):
             raise ValueError(msg)
         dtype = _dtype(dtype)
         _device(device)
+        self._table_shape = (n, d)
         R = as_int(n_exact, "n_exact", low=0, high=n - 1)
         m = n - R
         if method == "projective":
@@ -139,7 +140,8 @@ class _RowDopedBase(nn.Module):
     # -- evaluation --
 
     def _n_d(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """(rows of the table or out_features, embedding_dim or in_features)."""
+        return self._table_shape
 
     def _rest_indices(self) -> Tensor:
         n = self._n_d()[0]
@@ -340,9 +342,6 @@ class RowDopedEmbedding(_RowDopedBase):
         self._init_storage(self.num_embeddings, self.embedding_dim, rank, n_exact, method,
                            n_subspaces, p, dtype, device)
 
-    def _n_d(self) -> tuple[int, int]:
-        return self.num_embeddings, self.embedding_dim
-
     def _pad_slots(self) -> tuple[Optional[int], Optional[int]]:
         """(position in exact_rows, factor row) of padding_idx; one of them is None."""
         if self.padding_idx is None:
@@ -503,9 +502,6 @@ class RowDopedLinear(_RowDopedBase):
                                                  dtype=self.exact_rows.dtype).uniform_(-b, b))
         else:
             self.register_parameter("bias", None)
-
-    def _n_d(self) -> tuple[int, int]:
-        return self.out_features, self.in_features
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in_features) -> (..., out_features)."""
