@@ -28,6 +28,30 @@ void check_csr_py(const CArray<I>& indptr, const CArray<I>& indices, std::int64_
                     name);
 }
 
+// The Kronecker factors A (R, m1, n1) and B (R, m2, n2), checked.
+template <class T>
+lpfast::KronFactors<T> checked_factors(const CArray<T>& A, const CArray<T>& B) {
+  expect_ndim(A, 3, "A");
+  expect_ndim(B, 3, "B");
+  expect_dim(B, 0, A.shape(0), "B");
+  return {A.data(), B.data(), A.shape(0), A.shape(1), A.shape(2), B.shape(1), B.shape(2)};
+}
+
+// x (N, n1*n2) in, out (N, m1*m2) and bias (m1*m2,) of a product with kp, checked.
+template <class T>
+void check_product_io(const lpfast::KronFactors<T>& kp, const CArray<T>& x,
+                      const std::optional<CArray<T>>& bias, const CArray<T>& out) {
+  expect_ndim(x, 2, "x");
+  expect_ndim(out, 2, "out");
+  expect_dim(x, 1, kp.cols(), "x");
+  expect_dim(out, 0, x.shape(0), "out");
+  expect_dim(out, 1, kp.rows(), "out");
+  if (bias) {
+    expect_ndim(*bias, 1, "bias");
+    expect_dim(*bias, 0, kp.rows(), "bias");
+  }
+}
+
 // out = x @ W.T (+ bias). The CSR arrays must already have passed check_csr (the Python
 // layer checks once per operator, not per call); shapes are re-checked here because they
 // are O(1) and guard every pointer below.
@@ -36,27 +60,9 @@ void doped_kron_matmul_py(const CArray<T>& x, const CArray<T>& A, const CArray<T
                           std::optional<CArray<I>> indptr, std::optional<CArray<I>> indices,
                           std::optional<CArray<T>> data, std::optional<CArray<T>> bias,
                           CArray<T>& out) {
-  expect_ndim(A, 3, "A");
-  expect_ndim(B, 3, "B");
-  expect_ndim(x, 2, "x");
-  expect_ndim(out, 2, "out");
-  expect_dim(B, 0, A.shape(0), "B");
-  lpfast::KronFactors<T> kp;
-  kp.A = A.data();
-  kp.B = B.data();
-  kp.rank = A.shape(0);
-  kp.m1 = A.shape(1);
-  kp.n1 = A.shape(2);
-  kp.m2 = B.shape(1);
-  kp.n2 = B.shape(2);
+  const lpfast::KronFactors<T> kp = checked_factors(A, B);
+  check_product_io(kp, x, bias, out);
   const std::int64_t batch = x.shape(0);
-  expect_dim(x, 1, kp.cols(), "x");
-  expect_dim(out, 0, batch, "out");
-  expect_dim(out, 1, kp.rows(), "out");
-  if (bias) {
-    expect_ndim(*bias, 1, "bias");
-    expect_dim(*bias, 0, kp.rows(), "bias");
-  }
   lpfast::CsrView<T, I> S;
   const bool doped = indptr.has_value();
   if (doped != indices.has_value() || doped != data.has_value()) {
@@ -121,21 +127,9 @@ void doped_kron_matmul_sell_py(const CArray<T>& x, const CArray<T>& A, const CAr
                                const CArray<std::int32_t>& row_of, const CArray<J>& indices,
                                const CArray<T>& data, std::optional<CArray<T>> bias,
                                CArray<T>& out) {
-  expect_ndim(A, 3, "A");
-  expect_ndim(B, 3, "B");
-  expect_ndim(x, 2, "x");
-  expect_ndim(out, 2, "out");
-  expect_dim(B, 0, A.shape(0), "B");
-  const lpfast::KronFactors<T> kp{A.data(), B.data(), A.shape(0), A.shape(1),
-                                  A.shape(2), B.shape(1), B.shape(2)};
+  const lpfast::KronFactors<T> kp = checked_factors(A, B);
+  check_product_io(kp, x, bias, out);
   const std::int64_t batch = x.shape(0);
-  expect_dim(x, 1, kp.cols(), "x");
-  expect_dim(out, 0, batch, "out");
-  expect_dim(out, 1, kp.rows(), "out");
-  if (bias) {
-    expect_ndim(*bias, 1, "bias");
-    expect_dim(*bias, 0, kp.rows(), "bias");
-  }
   const std::int64_t slices = lpfast::sell_slices(kp.rows());
   expect_dim(slice_ptr, 0, slices + 1, "S.slice_ptr");
   expect_dim(row_of, 0, slices * lpfast::kSellC, "S.row_of");
@@ -154,13 +148,9 @@ void doped_kron_matmul_sell_py(const CArray<T>& x, const CArray<T>& A, const CAr
 template <class T>
 void kron_factor_grads_py(const CArray<T>& x, const CArray<T>& dy, const CArray<T>& A,
                           const CArray<T>& B, CArray<T>& dA, CArray<T>& dB) {
-  expect_ndim(A, 3, "A");
-  expect_ndim(B, 3, "B");
+  const lpfast::KronFactors<T> kp = checked_factors(A, B);
   expect_ndim(x, 2, "x");
   expect_ndim(dy, 2, "dy");
-  expect_dim(B, 0, A.shape(0), "B");
-  const lpfast::KronFactors<T> kp{A.data(), B.data(), A.shape(0), A.shape(1),
-                                  A.shape(2), B.shape(1), B.shape(2)};
   expect_dim(x, 1, kp.cols(), "x");
   expect_dim(dy, 0, x.shape(0), "dy");
   expect_dim(dy, 1, kp.rows(), "dy");
