@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -51,10 +50,7 @@ try:
 except ImportError:  # torch is optional
     torch = None
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # optional: without it NumPy's BLAS keeps its default thread count
-    threadpool_limits = None
+from _threads import HAVE_THREADPOOLCTL, limit_threads
 
 # -- the grid ---------------------------------------------------------------------------------
 
@@ -178,20 +174,6 @@ def expected(shape: str, density: float, batch: int, dtype: str) -> np.ndarray:
 
 # -- helpers ----------------------------------------------------------------------------------
 
-@contextmanager
-def limit_threads(n: int):
-    """Run lpfast, NumPy's BLAS, OpenMP runtimes and torch on ``n`` threads."""
-    with ExitStack() as stack:
-        if threadpool_limits is not None:
-            stack.enter_context(threadpool_limits(limits=n))
-        lpfast.set_num_threads(n)
-        stack.callback(lpfast.set_num_threads, None)
-        if torch is not None:
-            stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(n)
-        yield
-
-
 def check(y, case: Case) -> None:
     if torch is not None and isinstance(y, torch.Tensor):
         y = y.numpy()
@@ -219,7 +201,7 @@ def run(benchmark, case: Case, label: str, fn, *args) -> None:
         rank=RANK, density=case.density, nnz=ops.op.nnz, batch=case.batch, dtype=case.dtype,
         itemsize=np.dtype(case.dtype).itemsize, threads=case.threads,
         operator_nbytes=operator_bytes_read(ops.op, case.batch), x_nbytes=x.nbytes, y_nbytes=case.batch * m1 * m2 *
-        np.dtype(case.dtype).itemsize, threadpoolctl=threadpool_limits is not None)
+        np.dtype(case.dtype).itemsize, threadpoolctl=HAVE_THREADPOOLCTL)
     with limit_threads(case.threads):
         y = benchmark(fn, *args)
     # Other processes on the machine skew multi-threaded timings most: keep the evidence.

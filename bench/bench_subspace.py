@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,10 +37,7 @@ import pytest
 import lpfast
 import lpfast.reference
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # optional: without it NumPy's BLAS keeps its default thread count
-    threadpool_limits = None
+from _threads import limit_threads
 
 N_ROWS = 30522
 DIMS = (384, 768)
@@ -97,17 +93,6 @@ def _table64(d: int) -> np.ndarray:
 @lru_cache(maxsize=2)
 def table(d: int, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(_table64(d), dtype=dtype)
-
-
-@contextmanager
-def limit_threads(n: int):
-    """Run lpfast, NumPy's BLAS and OpenMP runtimes on ``n`` threads."""
-    with ExitStack() as stack:
-        if threadpool_limits is not None:
-            stack.enter_context(threadpool_limits(limits=n))
-        lpfast.set_num_threads(n)
-        stack.callback(lpfast.set_num_threads, None)
-        yield
 
 
 @lru_cache(maxsize=8)

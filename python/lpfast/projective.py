@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._validate import as_float, as_float_array, as_int, float_dtype_of
+from ._validate import as_float, as_float_array, as_int
 
 __all__ = ["KSubspaces", "k_subspaces"]
 
@@ -255,11 +255,8 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     per cluster. ``lpfast.reference.k_subspaces_lloyd`` is the NumPy version of the same
     iteration.
     """
-    if hasattr(X, "detach") and hasattr(X, "numpy"):
-        X = X.detach().numpy()
-    X = np.asarray(X)
-    dtype = float_dtype_of(X, "X") or np.dtype(np.float64)
-    X = as_float_array(X, "X", dtype, ndim=2, check_finite=check_finite)
+    X = as_float_array(X, "X", ndim=2, check_finite=check_finite)
+    dtype = X.dtype
     n, d = X.shape
     if n == 0 or d < 2:
         msg = f"X: expected an (n, d) matrix with n >= 1 and d >= 2, got shape {X.shape}"

@@ -553,11 +553,7 @@ class RowDoped:
 # -- validation and the public fit -----------------------------------------------------------
 
 def _as_matrix(E: Any) -> np.ndarray:
-    if hasattr(E, "detach") and hasattr(E, "numpy"):
-        E = E.detach().numpy()
-    E = np.asarray(E)
-    dtype = float_dtype_of(E, "E") or np.dtype(np.float64)
-    E = as_float_array(E, "E", dtype, ndim=2)
+    E = as_float_array(E, "E", ndim=2)  # own float dtype, else float64; tensors viewed
     if E.shape[0] < 2 or E.shape[1] < 2:
         msg = f"E: expected an (n, d) matrix with n, d >= 2, got shape {E.shape}"
         raise ValueError(msg)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _core
-from ._validate import as_float, as_float_array, as_int, float_dtype_of
+from ._validate import as_float, as_float_array, as_int
 
 __all__ = ["LpSubspace", "lp_subspace", "subspace_cost"]
 
@@ -118,11 +118,7 @@ def default_eps(X: np.ndarray, weights: np.ndarray | None) -> float:
 
 
 def _as_points(X: Any) -> np.ndarray:
-    if hasattr(X, "detach") and hasattr(X, "numpy"):
-        X = X.detach().numpy()
-    X = np.asarray(X)
-    dtype = float_dtype_of(X, "X") or np.dtype(np.float64)
-    X = as_float_array(X, "X", dtype, ndim=2)
+    X = as_float_array(X, "X", ndim=2)  # own float dtype, else float64; tensors viewed
     if X.shape[0] == 0 or X.shape[1] == 0:
         msg = f"X: expected a non-empty (n, d) matrix, got shape {X.shape}"
         raise ValueError(msg)

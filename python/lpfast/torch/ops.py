@@ -14,7 +14,7 @@ Projective lookup: ``out[..., :] = coef[ids] @ bases[labels[ids]]`` for coeffici
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -152,17 +152,21 @@ def doped_kp_matmul(x: Tensor, A: Tensor, B: Tensor, S_values: Optional[Tensor] 
                                             S_col_indices, S_values, bias)
 
 
+def _check_cpu_tensor(name: str, t: Any) -> None:
+    if not isinstance(t, Tensor):
+        msg = f"{name}: expected a torch.Tensor, got {type(t).__name__}"
+        raise TypeError(msg)
+    if t.device.type != "cpu":
+        msg = f"{name}: lpfast kernels run on CPU tensors, got device {t.device}"
+        raise ValueError(msg)
+
+
 def _check(x, A, B, values, crow, col, bias, pattern: bool = True) -> None:
     tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
     for name, t in tensors.items():
         if t is None:
             continue
-        if not isinstance(t, Tensor):
-            msg = f"{name}: expected a torch.Tensor, got {type(t).__name__}"
-            raise TypeError(msg)
-        if t.device.type != "cpu":
-            msg = f"{name}: lpfast kernels run on CPU tensors, got device {t.device}"
-            raise ValueError(msg)
+        _check_cpu_tensor(name, t)
         if t.dtype != x.dtype or t.dtype not in (torch.float32, torch.float64):
             msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
             raise TypeError(msg)
@@ -308,12 +312,7 @@ def _plain_inference(*tensors: Tensor) -> bool:
 
 def _check_lookup(ids, coef, bases, labels, padding_idx) -> None:
     for name, t in (("ids", ids), ("coef", coef), ("bases", bases), ("labels", labels)):
-        if not isinstance(t, Tensor):
-            msg = f"{name}: expected a torch.Tensor, got {type(t).__name__}"
-            raise TypeError(msg)
-        if t.device.type != "cpu":
-            msg = f"{name}: lpfast kernels run on CPU tensors, got device {t.device}"
-            raise ValueError(msg)
+        _check_cpu_tensor(name, t)
     if ids.dtype not in (torch.int32, torch.int64):
         msg = f"ids: expected int32 or int64 indices, got {ids.dtype}"
         raise TypeError(msg)
