@@ -1044,17 +1044,19 @@ def test_sell_uneven_rows_and_empty_rows():
     np.testing.assert_allclose(op(x), ref.doped_kp_matmul(x, A, B, S), rtol=1e-12, atol=1e-12)
 
 
-def test_sell_wide_matrix_uses_int32_columns():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sell_wide_matrix_uses_int32_columns(dtype):
     # More than 65536 columns: the layout cannot use 16-bit column indices.
     rng = np.random.default_rng(5)
-    A, B = rng.standard_normal((2, 300)), rng.standard_normal((2, 300))
-    S = sp.random(4, 90000, density=0.001, format="csr", random_state=5)
+    A, B = rng.standard_normal((8, 300)).astype(dtype), rng.standard_normal((5, 300)).astype(dtype)
+    S = sp.random(40, 90000, density=0.001, format="csr", random_state=5).astype(dtype)
     op = lpfast.DopedKronecker(A, B, S)
     assert op._sell[2].dtype == np.int32  # noqa: SLF001 - checking the private layout
-    x = rng.standard_normal((1, 90000))
-    np.testing.assert_allclose(op(x), ref.doped_kp_matmul(x, A, B, S), rtol=1e-11, atol=1e-11)
-    narrow = lpfast.DopedKronecker(A[:, :10], B[:, :10], sp.random(4, 100, density=0.1,
-                                                                    format="csr", random_state=1))
+    x = rng.standard_normal((1, 90000)).astype(dtype)
+    tol = 1e-11 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(op(x), ref.doped_kp_matmul(x, A, B, S), rtol=tol, atol=tol)
+    narrow = lpfast.DopedKronecker(A[:2, :10], B[:2, :10], sp.random(
+        4, 100, density=0.1, format="csr", random_state=1).astype(dtype))
     assert narrow._sell[2].dtype == np.uint16  # noqa: SLF001
 
 
