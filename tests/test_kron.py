@@ -782,6 +782,25 @@ def test_check_finite_false_accepts_non_finite_x(bad):
         assert not np.isfinite(y[0]).all() and np.isfinite(y[1:]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("where", [0, 16, 4094])  # the vector body and the scalar tail
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_x_found_anywhere_at_batch_1_and_batched(dtype, where, bad):
+    # The check runs in the kernel binding: every entry of every row must be seen, on the
+    # batch-1 (SELL) path, the batched path, and for a strided x that is copied first.
+    A, B, S, rng = _sell_case(2, 63, 3, 65, 0.05, dtype, seed=3)
+    op = lpfast.DopedKronecker(A, B, S)
+    one, batch, wide = (rng.standard_normal(shape).astype(dtype) for shape in
+                        (4095, (3, 4095), (2, 8190)))
+    one[where] = batch[-1, where] = wide[-1, 2 * where] = bad
+    for x in (one, batch, wide[:, ::2]):
+        with pytest.raises(ValueError, match=r"^x: contains NaN or Inf"):
+            op(x)
+        with pytest.raises(ValueError, match=r"^x: contains NaN or Inf"):
+            doped_kp_matmul(x, A, B, S)
+        assert not np.isfinite(lpfast.DopedKronecker(A, B, S, check_finite=False)(x)).all()
+
+
 BAD_OUT = [
     ("shape", np.empty((4, 5)), ValueError, r"^out: expected shape \(4, 6\), got \(4, 5\)"),
     ("lead_shape", np.empty((2, 2, 6)), ValueError, r"^out: expected shape"),
@@ -1051,13 +1070,13 @@ def test_sell_wide_matrix_uses_int32_columns(dtype):
     A, B = rng.standard_normal((8, 300)).astype(dtype), rng.standard_normal((5, 300)).astype(dtype)
     S = sp.random(40, 90000, density=0.001, format="csr", random_state=5).astype(dtype)
     op = lpfast.DopedKronecker(A, B, S)
-    assert op._sell[2].dtype == np.int32  # noqa: SLF001 - checking the private layout
+    assert op._sell[3].dtype == np.int32  # noqa: SLF001 - checking the private layout
     x = rng.standard_normal((1, 90000)).astype(dtype)
     tol = 1e-11 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(op(x), ref.doped_kp_matmul(x, A, B, S), rtol=tol, atol=tol)
     narrow = lpfast.DopedKronecker(A[:2, :10], B[:2, :10], sp.random(
         4, 100, density=0.1, format="csr", random_state=1).astype(dtype))
-    assert narrow._sell[2].dtype == np.uint16  # noqa: SLF001
+    assert narrow._sell[3].dtype == np.uint16  # noqa: SLF001
 
 
 def test_sell_result_independent_of_threads():

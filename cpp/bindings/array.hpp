@@ -8,6 +8,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "lpfast/finite.hpp"
+
 namespace lpfast_bind {
 
 namespace py = pybind11;
@@ -31,6 +33,15 @@ void expect_dim(const CArray<T>& a, py::ssize_t axis, py::ssize_t size, const ch
     throw std::invalid_argument(std::string(name) + ": axis " + std::to_string(axis) +
                                 " has length " + std::to_string(a.shape(axis)) + ", expected " +
                                 std::to_string(size));
+  }
+}
+
+// The Python layer's message for a non-finite input, raised as ValueError.
+template <class T>
+void require_finite(const CArray<T>& a, const char* name) {
+  if (!lpfast::all_finite(a.data(), static_cast<std::int64_t>(a.size()))) {
+    throw std::invalid_argument(std::string(name) +
+                                ": contains NaN or Inf (pass check_finite=False to skip this check)");
   }
 }
 

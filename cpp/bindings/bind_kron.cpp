@@ -15,6 +15,7 @@ namespace py = pybind11;
 using lpfast_bind::CArray;
 using lpfast_bind::expect_dim;
 using lpfast_bind::expect_ndim;
+using lpfast_bind::require_finite;
 
 namespace {
 
@@ -35,6 +36,16 @@ lpfast::KronFactors<T> checked_factors(const CArray<T>& A, const CArray<T>& B) {
   expect_ndim(B, 3, "B");
   expect_dim(B, 0, A.shape(0), "B");
   return {A.data(), B.data(), A.shape(0), A.shape(1), A.shape(2), B.shape(1), B.shape(2)};
+}
+
+// The factors from A (R, m1, n1) and Bt (R, n2, m2), B transposed, checked.
+template <class T>
+lpfast::KronFactors<T> checked_factors_bt(const CArray<T>& A, const CArray<T>& Bt) {
+  expect_ndim(A, 3, "A");
+  expect_ndim(Bt, 3, "Bt");
+  expect_dim(Bt, 0, A.shape(0), "Bt");
+  return {A.data(), nullptr, A.shape(0), A.shape(1), A.shape(2), Bt.shape(2), Bt.shape(1),
+          Bt.data()};
 }
 
 // x (N, n1*n2) in, out (N, m1*m2) and bias (m1*m2,) of a product with kp, checked.
@@ -59,9 +70,10 @@ template <class T, class I>
 void doped_kron_matmul_py(const CArray<T>& x, const CArray<T>& A, const CArray<T>& B,
                           std::optional<CArray<I>> indptr, std::optional<CArray<I>> indices,
                           std::optional<CArray<T>> data, std::optional<CArray<T>> bias,
-                          CArray<T>& out) {
+                          CArray<T>& out, bool check_finite) {
   const lpfast::KronFactors<T> kp = checked_factors(A, B);
   check_product_io(kp, x, bias, out);
+  if (check_finite) require_finite(x, "x");
   const std::int64_t batch = x.shape(0);
   lpfast::CsrView<T, I> S;
   const bool doped = indptr.has_value();
@@ -122,13 +134,14 @@ py::tuple sell_layout_py(const CArray<I>& indptr, const CArray<I>& indices,
 // out = x @ W.T (+ bias) with S in the SELL layout made by sell_layout (whose contents are
 // trusted: the Python layer keeps them private and read-only); sizes are re-checked here.
 template <class T, class J>
-void doped_kron_matmul_sell_py(const CArray<T>& x, const CArray<T>& A, const CArray<T>& B,
+void doped_kron_matmul_sell_py(const CArray<T>& x, const CArray<T>& A, const CArray<T>& Bt,
                                const CArray<std::int64_t>& slice_ptr,
                                const CArray<std::int32_t>& row_of, const CArray<J>& indices,
                                const CArray<T>& data, std::optional<CArray<T>> bias,
-                               CArray<T>& out) {
-  const lpfast::KronFactors<T> kp = checked_factors(A, B);
+                               CArray<T>& out, bool check_finite) {
+  const lpfast::KronFactors<T> kp = checked_factors_bt(A, Bt);
   check_product_io(kp, x, bias, out);
+  if (check_finite) require_finite(x, "x");
   const std::int64_t batch = x.shape(0);
   const std::int64_t slices = lpfast::sell_slices(kp.rows());
   expect_dim(slice_ptr, 0, slices + 1, "S.slice_ptr");
@@ -192,9 +205,10 @@ void def_matmul(py::module_& m) {
   m.def("doped_kron_matmul", &doped_kron_matmul_py<T, I>, py::arg("x").noconvert(),
         py::arg("A").noconvert(), py::arg("B").noconvert(), py::arg("indptr").noconvert(),
         py::arg("indices").noconvert(), py::arg("data").noconvert(),
-        py::arg("bias").noconvert(), py::arg("out").noconvert(),
+        py::arg("bias").noconvert(), py::arg("out").noconvert(), py::arg("check_finite") = false,
         "out = x @ (sum_r kron(A[r], B[r]) + S).T + bias. x: (N, n1*n2), A: (R, m1, n1), "
-        "B: (R, m2, n2), out: (N, m1*m2). S (CSR arrays) must have passed check_csr.");
+        "B: (R, m2, n2), out: (N, m1*m2). S (CSR arrays) must have passed check_csr. "
+        "check_finite: refuse NaN/Inf in x (ValueError).");
   m.def("sell_layout", &sell_layout_py<T, I>, py::arg("indptr").noconvert(),
         py::arg("indices").noconvert(), py::arg("data").noconvert(), py::arg("cols"),
         "(slice_ptr, row_of, indices, data): the SELL-16 layout of a checked CSR matrix.");
@@ -203,10 +217,12 @@ void def_matmul(py::module_& m) {
 template <class T, class J>
 void def_matmul_sell(py::module_& m) {
   m.def("doped_kron_matmul_sell", &doped_kron_matmul_sell_py<T, J>, py::arg("x").noconvert(),
-        py::arg("A").noconvert(), py::arg("B").noconvert(), py::arg("slice_ptr").noconvert(),
+        py::arg("A").noconvert(), py::arg("Bt").noconvert(), py::arg("slice_ptr").noconvert(),
         py::arg("row_of").noconvert(), py::arg("indices").noconvert(),
         py::arg("data").noconvert(), py::arg("bias").noconvert(), py::arg("out").noconvert(),
-        "doped_kron_matmul with S in the layout returned by sell_layout.");
+        py::arg("check_finite") = false,
+        "doped_kron_matmul with B given transposed (Bt: (R, n2, m2)) and S in the layout "
+        "returned by sell_layout.");
 }
 
 }  // namespace

@@ -20,6 +20,7 @@ def doped_kron_matmul(
     data: Optional[npt.NDArray[np.floating]],
     bias: Optional[npt.NDArray[np.floating]],
     out: npt.NDArray[np.floating],
+    check_finite: bool = ...,
 ) -> None: ...
 def weighted_pca(X: npt.NDArray[np.floating], weights: Optional[npt.NDArray[np.floating]], k: int) -> npt.NDArray[np.floating]: ...
 def subspace_distances(X: npt.NDArray[np.floating], basis: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]: ...
@@ -62,13 +63,14 @@ def sell_layout(
 def doped_kron_matmul_sell(
     x: npt.NDArray[np.floating],
     A: npt.NDArray[np.floating],
-    B: npt.NDArray[np.floating],
+    Bt: npt.NDArray[np.floating],
     slice_ptr: npt.NDArray[np.int64],
     row_of: npt.NDArray[np.int32],
     indices: npt.NDArray[np.integer],
     data: npt.NDArray[np.floating],
     bias: Optional[npt.NDArray[np.floating]],
     out: npt.NDArray[np.floating],
+    check_finite: bool = ...,
 ) -> None: ...
 def csr_sampled_product(
     dy: npt.NDArray[np.floating],

@@ -13,13 +13,15 @@
 #include <cstdint>
 #include <utility>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include "csr.hpp"
-#include "sell.hpp"
 #include "parallel.hpp"
+#include "sell.hpp"
+#include "small_gemm.hpp"
 
 namespace lpfast {
 
@@ -28,6 +30,7 @@ struct KronFactors {
   const T* A = nullptr;  // (rank, m1, n1) row-major
   const T* B = nullptr;  // (rank, m2, n2) row-major
   std::int64_t rank = 1, m1 = 0, n1 = 0, m2 = 0, n2 = 0;
+  const T* Bt = nullptr;  // optional: B transposed, (rank, n2, m2) row-major
 
   std::int64_t rows() const { return m1 * m2; }
   std::int64_t cols() const { return n1 * n2; }
@@ -53,7 +56,53 @@ template <class T>
 struct Workspace {
   std::vector<T> t;
   std::vector<T, Eigen::aligned_allocator<T>> xt;
+  std::vector<T> bt;  // B transposed, when the caller did not supply it
 };
+
+// small_gemm serves a GEMM whose rows of Q (k of them, N <= 64 columns per block) stay in
+// L1/L2; longer ones go to Eigen, which blocks for the cache.
+constexpr std::int64_t kSmallGemmMaxK = 256;
+
+template <class T>
+bool use_small_gemm(const KronFactors<T>& kp) {
+  return std::is_same_v<T, float> && kHasSmallGemm && kp.n2 <= kSmallGemmMaxK;
+}
+
+// kp with Bt set (transposing B into ws.bt if needed) when small_gemm will serve it.
+template <class T>
+KronFactors<T> with_transposed_b(KronFactors<T> kp, Workspace<T>& ws) {
+  if (kp.Bt != nullptr || !use_small_gemm(kp)) return kp;
+  ws.bt.resize(static_cast<std::size_t>(kp.rank * kp.m2 * kp.n2));
+  for (std::int64_t r = 0; r < kp.rank; ++r) {
+    const ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
+    RowMap<T>(ws.bt.data() + r * kp.m2 * kp.n2, kp.n2, kp.m2) = b.transpose();
+  }
+  kp.Bt = ws.bt.data();
+  return kp;
+}
+
+// C (rows x N) (+)= P (rows x K) Q (K x N), all row-major with the given row strides.
+template <class T>
+void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T* C,
+                   std::int64_t ldc, std::int64_t rows, std::int64_t N, std::int64_t K,
+                   bool accumulate) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (K <= kSmallGemmMaxK) {
+      small_gemm(P, ldp, Q, ldq, C, ldc, rows, N, K, accumulate);
+      return;
+    }
+  }
+#endif
+  using Stride = Eigen::OuterStride<>;
+  const Eigen::Map<const RowMatrix<T>, 0, Stride> p(P, rows, K, Stride(ldp));
+  const Eigen::Map<const RowMatrix<T>, 0, Stride> q(Q, K, N, Stride(ldq));
+  Eigen::Map<RowMatrix<T>, 0, Stride> c(C, rows, N, Stride(ldc));
+  if (accumulate)
+    c.noalias() += p * q;
+  else
+    c.noalias() = p * q;
+}
 
 // Runs inside the team: each thread computes its own rows of every GEMM, so no GEMM
 // needs Eigen's internal threading (which stalled badly when the second core was busy).
@@ -68,20 +117,21 @@ void kron_part(const T* x, std::int64_t batch, const KronFactors<T>& kp, const T
   const auto [o0, o1] = static_range(batch * kp.m1, tid, team);  // (row of x, row of A) pairs
   for (std::int64_t r = 0; r < kp.rank; ++r) {
     const ConstRowMap<T> a(kp.A + r * kp.m1 * kp.n1, kp.m1, kp.n1);
-    const ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
-    t_all.middleRows(t0, t1 - t0).noalias() = x_all.middleRows(t0, t1 - t0) * b.transpose();
+    if (kp.Bt != nullptr) {
+      rowmajor_gemm(x + t0 * kp.n2, kp.n2, kp.Bt + r * kp.m2 * kp.n2, kp.m2,
+                    ws.t.data() + t0 * kp.m2, kp.m2, t1 - t0, kp.m2, kp.n2, false);
+    } else {
+      const ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
+      t_all.middleRows(t0, t1 - t0).noalias() = x_all.middleRows(t0, t1 - t0) * b.transpose();
+    }
     if (team > 1) {
 #pragma omp barrier
     }
     for (std::int64_t i = o0 / kp.m1; i * kp.m1 < o1; ++i) {
       const std::int64_t lo = std::max<std::int64_t>(o0 - i * kp.m1, 0);
       const std::int64_t hi = std::min<std::int64_t>(o1 - i * kp.m1, kp.m1);
-      RowMap<T> yb(y + i * m, kp.m1, kp.m2);
-      const ConstRowMap<T> tb(ws.t.data() + i * kp.n1 * kp.m2, kp.n1, kp.m2);
-      if (r == 0)
-        yb.middleRows(lo, hi - lo).noalias() = a.middleRows(lo, hi - lo) * tb;
-      else
-        yb.middleRows(lo, hi - lo).noalias() += a.middleRows(lo, hi - lo) * tb;
+      rowmajor_gemm(a.data() + lo * kp.n1, kp.n1, ws.t.data() + i * kp.n1 * kp.m2, kp.m2,
+                    y + i * m + lo * kp.m2, kp.m2, hi - lo, kp.m2, kp.n1, r > 0);
       if (r + 1 == kp.rank && bias != nullptr) {
         const auto span = (hi - lo) * kp.m2;
         Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(y + i * m + lo * kp.m2, span) +=
@@ -149,13 +199,14 @@ void doped_kron_team(const T* x, std::int64_t batch, const KronFactors<T>& kp, s
       2.0 * batch * (kp.rank * kp.n1 * kp.m2 * (kp.n2 + kp.m1) + static_cast<double>(nnz));
   const int nt = threads_for(flops, 2.0e5);
   ws.t.resize(static_cast<std::size_t>(batch * kp.n1 * kp.m2));
+  const KronFactors<T> kpt = with_transposed_b(kp, ws);
   prepare(nt);
   // Everything that can throw (allocation, checks) happens above: the region holds
   // barriers, so a thread leaving it early would hang its team.
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), team = team_size();
-    kron_part(x, batch, kp, bias, y, ws, tid, team);
+    kron_part(x, batch, kpt, bias, y, ws, tid, team);
     if (nnz > 0) sparse(nt, tid, team);
   }
 }
@@ -208,13 +259,14 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
   const int nt = threads_for(kron_flops + kFlopsPerEntry * batch * stored, 2.0e5);
   detail::Workspace<T> ws;
   ws.t.resize(static_cast<std::size_t>(batch * kp.n1 * kp.m2));
+  const KronFactors<T> kpt = detail::with_transposed_b(kp, ws);
   std::vector<T> sx(static_cast<std::size_t>(batch * m));
   const auto bounds = sell_split(S, nt, kron_entries);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), team = team_size();
     const auto mine = team == nt ? bounds : sell_split(S, team, kron_entries);
-    if (tid == 0) detail::kron_part(x, batch, kp, bias, y, ws, 0, 1);
+    if (tid == 0) detail::kron_part(x, batch, kpt, bias, y, ws, 0, 1);
     for (std::int64_t b = 0; b < batch; ++b) {
       sell_matvec(S, x + b * n, sx.data() + b * m, mine[tid], mine[tid + 1]);
     }
