@@ -128,7 +128,7 @@ class DopedKronecker:
     converted to it. The operator is immutable and safe to call from several threads.
     """
 
-    __slots__ = ("A", "B", "_S", "_sell", "bias", "dtype", "check_finite", "fit_info")
+    __slots__ = ("A", "B", "_S", "_sell", "_shape", "bias", "dtype", "check_finite", "fit_info")
 
     def __init__(self, A: Any, B: Any, S: Any = None, bias: Any = None, *, check_finite: bool = True):
         dtype = common_float_dtype({"A": A, "B": B, "S.data": _csr_data(S), "bias": bias})
@@ -154,6 +154,7 @@ class DopedKronecker:
         for a in (self.A, self.B, self.bias, *(self._S or ()), *(self._sell or ())):
             if a is not None:
                 a.flags.writeable = False
+        self._shape = (m, n)
         self.dtype = dtype
         self.check_finite = check_finite
         self.fit_info: dict[str, Any] = {}
@@ -175,7 +176,7 @@ class DopedKronecker:
     @property
     def shape(self) -> tuple[int, int]:
         """(out_features, in_features) = (m1*m2, n1*n2)."""
-        return self.A.shape[1] * self.B.shape[1], self.A.shape[2] * self.B.shape[2]
+        return self._shape
 
     @property
     def nnz(self) -> int:
@@ -241,7 +242,7 @@ class DopedKronecker:
         Cost: O(N*R*n1*m2*(n2 + m1)) flops for the Kronecker GEMMs plus O(N*nnz) for the
         doping, for N rows of x; releases the GIL and uses ``lpfast.get_num_threads()``.
         """
-        m, n = self.shape
+        m, n = self._shape
         rows, lead = _batch_rows(x, n, self.dtype)
         y = _output(out, lead, m, self.dtype, rows)
         if self._sell is not None and rows.shape[0] == 1:

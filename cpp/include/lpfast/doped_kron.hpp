@@ -240,7 +240,8 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
 // operator), for the latency-bound call with few rows of x. Thread 0 computes the whole
 // Kronecker part alone and the others start on S at once: one barrier instead of one per
 // GEMM step, with the slices split so that every thread carries the same estimated work.
-// S x goes to a scratch vector (every row written once) and is added after the barrier.
+// With several threads S x goes to a scratch vector (every row written once) and is added
+// after the barrier; one thread adds it to y directly (the same sums, in the same order).
 template <class T, class J>
 void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
                        const SellView<T, J>& S, const T* bias, T* y) {
@@ -260,6 +261,12 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
   detail::Workspace<T> ws;
   ws.t.resize(static_cast<std::size_t>(batch * kp.n1 * kp.m2));
   const KronFactors<T> kpt = detail::with_transposed_b(kp, ws);
+  if (nt == 1) {
+    detail::kron_part(x, batch, kpt, bias, y, ws, 0, 1);
+    for (std::int64_t b = 0; b < batch; ++b)
+      sell_matvec(S, x + b * n, y + b * m, 0, S.slices, /*accumulate=*/true);
+    return;
+  }
   std::vector<T> sx(static_cast<std::size_t>(batch * m));
   const auto bounds = sell_split(S, nt, kron_entries);
 #pragma omp parallel num_threads(nt) if (nt > 1)

@@ -140,7 +140,7 @@ inline __m512 sell_fetch16(const float* x, const J* idx) {
 
 template <class J>
 void sell_matvec(const SellView<float, J>& S, const float* x, float* y, std::int64_t s0,
-                 std::int64_t s1) {
+                 std::int64_t s1, bool accumulate = false) {
   static_assert(kSellC == 16, "one slice is one float32 AVX-512 vector");
   alignas(64) float out[kSellC];
   for (std::int64_t s = s0; s < s1; ++s) {
@@ -151,15 +151,17 @@ void sell_matvec(const SellView<float, J>& S, const float* x, float* y, std::int
     _mm512_store_ps(out, acc);
     for (std::int64_t c = 0; c < kSellC; ++c) {
       const std::int32_t r = S.row_of[s * kSellC + c];
-      if (r >= 0) y[r] = out[c];
+      if (r >= 0) y[r] = accumulate ? y[r] + out[c] : out[c];
     }
   }
 }
 #endif
 
-// y[row] = (S x)[row] for the rows of slices [s0, s1) (every row sits in one slice).
+// y[row] = (S x)[row] (or y[row] += (S x)[row] with `accumulate`) for the rows of slices
+// [s0, s1) (every row sits in one slice).
 template <class T, class J>
-void sell_matvec(const SellView<T, J>& S, const T* x, T* y, std::int64_t s0, std::int64_t s1) {
+void sell_matvec(const SellView<T, J>& S, const T* x, T* y, std::int64_t s0, std::int64_t s1,
+                 bool accumulate = false) {
   using Lane = Eigen::Array<T, kSellC, 1>;
   alignas(64) T buf[kSellC];
   for (std::int64_t s = s0; s < s1; ++s) {
@@ -172,7 +174,7 @@ void sell_matvec(const SellView<T, J>& S, const T* x, T* y, std::int64_t s0, std
     }
     for (std::int64_t c = 0; c < kSellC; ++c) {
       const std::int32_t r = S.row_of[s * kSellC + c];
-      if (r >= 0) y[r] = acc[c];
+      if (r >= 0) y[r] = accumulate ? y[r] + acc[c] : acc[c];
     }
   }
 }
