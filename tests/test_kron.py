@@ -1079,6 +1079,17 @@ def test_sell_wide_matrix_uses_int32_columns(dtype):
     assert narrow._sell[3].dtype == np.uint16  # noqa: SLF001
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_float32_long_factor_rows_use_the_blocked_gemm_fallback(batch):
+    # n2 > 1024: B^T's panels no longer fit L2 and the kernel hands that GEMM to Eigen.
+    A, B, S, rng = _sell_case(3, 2, 4, 1100, 0.01, np.float32, seed=9, rank=2)
+    x = rng.standard_normal((batch, 2200)).astype(np.float32)
+    expected = ref.doped_kp_matmul(x.astype(np.float64), A.astype(np.float64),
+                                   B.astype(np.float64), S.astype(np.float64))
+    for y in (lpfast.DopedKronecker(A, B, S)(x), doped_kp_matmul(x, A, B, S)):
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-3)
+
+
 def test_sell_result_independent_of_threads():
     A, B, S, rng = _sell_case(64, 64, 64, 64, 0.01, np.float32, seed=11)
     op = lpfast.DopedKronecker(A, B, S)

@@ -95,10 +95,12 @@ def test_bounded_assignment_matches_full(dtype, p):
     B0 = random_bases(4, 24, 3, seed=22, dtype=dtype)
     mid = X[:40] @ B0[0] @ B0[0].T + X[:40] @ B0[1] @ B0[1].T  # on two subspaces at once
     X = np.concatenate([X, mid.astype(dtype)])
-    # tol above float32's rounding of the cost: tol=0 would run on while the cost's last
-    # bits still wobble, and the count of those steps is rounding, not algorithm.
-    r = lpfast.k_subspaces(X, 4, 3, p, init_bases=B0, max_iter=40, tol=1e-9)
-    _, lb, cb, nb, hb = ref.k_subspaces_lloyd(X, B0, p=p, max_iter=40, tol=1e-9,
+    # tol above the rounding of the cost: tol=0 would run on while the cost's last bits
+    # still wobble, and the count of those steps is rounding, not algorithm. In float32 the
+    # GEMMs' summation order alone moves the cost by ~4e-9 relative near convergence.
+    tol = 1e-9 if dtype == np.float64 else 1e-7
+    r = lpfast.k_subspaces(X, 4, 3, p, init_bases=B0, max_iter=40, tol=tol)
+    _, lb, cb, nb, hb = ref.k_subspaces_lloyd(X, B0, p=p, max_iter=40, tol=tol,
                                               eps=r.fit_info["eps"])
     assert r.n_iter == nb > 20
     rtol = 1e-9 if dtype == np.float64 else 2e-5

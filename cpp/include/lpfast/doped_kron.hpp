@@ -59,10 +59,6 @@ struct Workspace {
   std::vector<T> bt;  // B transposed, when the caller did not supply it
 };
 
-// small_gemm serves a GEMM whose rows of Q (k of them, N <= 64 columns per block) stay in
-// L1/L2; longer ones go to Eigen, which blocks for the cache.
-constexpr std::int64_t kSmallGemmMaxK = 256;
-
 template <class T>
 bool use_small_gemm(const KronFactors<T>& kp) {
   return std::is_same_v<T, float> && kHasSmallGemm && kp.n2 <= kSmallGemmMaxK;
@@ -79,29 +75,6 @@ KronFactors<T> with_transposed_b(KronFactors<T> kp, Workspace<T>& ws) {
   }
   kp.Bt = ws.bt.data();
   return kp;
-}
-
-// C (rows x N) (+)= P (rows x K) Q (K x N), all row-major with the given row strides.
-template <class T>
-void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T* C,
-                   std::int64_t ldc, std::int64_t rows, std::int64_t N, std::int64_t K,
-                   bool accumulate) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    if (K <= kSmallGemmMaxK) {
-      small_gemm(P, ldp, Q, ldq, C, ldc, rows, N, K, accumulate);
-      return;
-    }
-  }
-#endif
-  using Stride = Eigen::OuterStride<>;
-  const Eigen::Map<const RowMatrix<T>, 0, Stride> p(P, rows, K, Stride(ldp));
-  const Eigen::Map<const RowMatrix<T>, 0, Stride> q(Q, K, N, Stride(ldq));
-  Eigen::Map<RowMatrix<T>, 0, Stride> c(C, rows, N, Stride(ldc));
-  if (accumulate)
-    c.noalias() += p * q;
-  else
-    c.noalias() = p * q;
 }
 
 // Runs inside the team: each thread computes its own rows of every GEMM, so no GEMM

@@ -40,6 +40,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -50,6 +51,7 @@
 #include <Eigen/QR>
 
 #include "parallel.hpp"
+#include "small_gemm.hpp"
 
 #ifdef LPFAST_KS_PROFILE
 #include <chrono>
@@ -192,7 +194,8 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
   const std::int64_t d = data.d;
   const int k = static_cast<int>(V.size());
   const int j = static_cast<int>(V[0].cols());
-  ColMat<T> B(d, static_cast<std::int64_t>(k) * j);
+  const std::int64_t kj = static_cast<std::int64_t>(k) * j;
+  RowMat<T> B(d, kj);  // row-major: small_gemm streams its rows
   for (int c = 0; c < k; ++c) B.middleCols(static_cast<std::int64_t>(c) * j, j) = V[c].cast<T>();
   const std::int64_t chunks = (m + kAssignChunk - 1) / kAssignChunk;
   const int nt = threads_for(2.0 * m * d * k * j, 1.0e6);
@@ -205,14 +208,13 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
     for (std::int64_t ch = 0; ch < chunks; ++ch) {
       const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(m, r0 + kAssignChunk);
       const std::int64_t cnt = r1 - r0;
+      const T* Xc = data.row(r0);
       if (rows != nullptr) {
         for (std::int64_t r = 0; r < cnt; ++r)
           std::copy(data.row(rows[r0 + r]), data.row(rows[r0 + r]) + d, Xg.row(r).data());
-        P.topRows(cnt).noalias() = Xg.topRows(cnt) * B;
-      } else {
-        Eigen::Map<const RowMat<T>> Xc(data.row(r0), cnt, d);
-        P.topRows(cnt).noalias() = Xc * B;
+        Xc = Xg.data();
       }
+      rowmajor_gemm(Xc, d, B.data(), kj, P.data(), kj, cnt, kj, d, false);
       for (std::int64_t r = 0; r < cnt; ++r) {
         const std::int64_t i = rows != nullptr ? rows[r0 + r] : r0 + r;
         const T* pr = P.row(r).data();
@@ -249,7 +251,8 @@ template <class T>
 void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, const MatD& V,
                   double* out) {
   const std::int64_t m = static_cast<std::int64_t>(rows.size()), d = data.d;
-  const ColMat<T> Vt = V.cast<T>();
+  const RowMat<T> Vt = V.cast<T>();
+  const std::int64_t j = V.cols();
   const std::int64_t chunks = (m + kAssignChunk - 1) / kAssignChunk;
   const int nt = threads_for(2.0 * m * d * V.cols(), 1.0e6);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -261,7 +264,7 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
       const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(m, r0 + kAssignChunk);
       for (std::int64_t r = r0; r < r1; ++r)
         std::copy(data.row(rows[r]), data.row(rows[r]) + d, Xc.row(r - r0).data());
-      P.topRows(r1 - r0).noalias() = Xc.topRows(r1 - r0) * Vt;
+      rowmajor_gemm(Xc.data(), d, Vt.data(), j, P.data(), j, r1 - r0, j, d, false);
       for (std::int64_t r = r0; r < r1; ++r) {
         double s = 0;
         for (std::int64_t t = 0; t < V.cols(); ++t)
@@ -275,7 +278,7 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
 // Reusable scratch of the Gram accumulation.
 template <class T>
 struct GramWork {
-  std::vector<ColMat<T>> acc;      // per segment, d x d (lower triangle used)
+  std::vector<RowMat<T>> acc;      // per segment, d x d (lower triangle used)
   std::vector<RowMat<T>> gather;   // per segment, chunk x d
 };
 
@@ -311,6 +314,12 @@ void gram_accumulate(const Data<T>& data, const std::int64_t* rows, const double
         const T f = static_cast<T>(scale[r]);
         for (std::int64_t t = 0; t < d; ++t) dst[t] = f * x[t];
       }
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        small_gram_lower(buf.data(), d, ws.acc[s].data(), d, d, c1 - c0);
+        continue;
+      }
+#endif
       ws.acc[s].template selfadjointView<Eigen::Lower>().rankUpdate(
           buf.topRows(c1 - c0).transpose());
     }

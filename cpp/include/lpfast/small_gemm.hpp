@@ -1,14 +1,20 @@
-// C = P Q (or C += P Q) for small row-major float32 matrices, the Kronecker part's GEMMs.
+// C = P Q (or C += P Q) for row-major float32 matrices with short inner dimension, and the
+// lower triangle of Y^T Y: the doped Kronecker operator's GEMMs, and k-subspaces' assignment
+// GEMMs and Grams.
 //
-// Why not Eigen: at the doped Kronecker operator's shapes (64 x 64 x 64 per row of x) Eigen's
-// GEMM packs both operands on every call and ran at about 70% of the FMA peak (12.9 us for
-// the two GEMMs of one 4096 x 4096 product on one Zen 4 core); broadcasting P and streaming
-// rows of Q, with Q already row-major (B transposed once by the prepared operator), runs at
-// the peak (9.2 us). Blocks of kRows rows x 64 columns keep 24 accumulators in registers;
-// the last column block is masked, so any N works. Each C entry is summed over k in order.
+// Why not Eigen: at these shapes Eigen's GEMM packs both operands on every call and ran at
+// 60-70% of the FMA peak (the two 64 x 64 x 64 GEMMs of one 4096 x 4096 Kronecker product:
+// 12.9 us on one Zen 4 core; 512 x 384 x 320 assignment chunks: 67 GFLOP/s). Broadcasting
+// entries of P and streaming rows of Q (B transposed once by the prepared operator) runs near
+// the peak (9.2 us; 104 GFLOP/s). Blocks of kRows rows x 64 columns keep 24 accumulators in
+// registers; the last column block is masked, so any N works. Each C entry is summed over k
+// in order.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+
+#include <Eigen/Core>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -21,27 +27,38 @@ inline constexpr bool kHasSmallGemm = true;
 
 namespace detail {
 
+// The accumulators live in registers only if every loop over them is unrolled; GCC left
+// them in memory (a store per FMA, 1.6x slower) when the kernel was not inlined.
+#if defined(__clang__)
+#define LPFAST_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LPFAST_UNROLL _Pragma("GCC unroll 16")
+#else
+#define LPFAST_UNROLL
+#endif
+
 // Rows [i0, i0 + RB) and columns [j0, j0 + 16 * NV) of C (the last 16 masked by `tail`).
-template <int RB, int NV>
+// kTransP: P is stored transposed, (K x M) row-major, as in a Gram matrix Y^T Y.
+template <int RB, int NV, bool kTransP>
 inline void small_gemm_block(const float* P, std::int64_t ldp, const float* Q, std::int64_t ldq,
                              float* C, std::int64_t ldc, std::int64_t K, std::int64_t i0,
                              std::int64_t j0, __mmask16 tail, bool accumulate) {
   __m512 acc[RB][NV];
-  for (int r = 0; r < RB; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  LPFAST_UNROLL for (int r = 0; r < RB; ++r)
+    LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (std::int64_t k = 0; k < K; ++k) {
     const float* q = Q + k * ldq + j0;
     __m512 qv[NV];
-    for (int v = 0; v < NV; ++v)
+    LPFAST_UNROLL for (int v = 0; v < NV; ++v)
       qv[v] = v + 1 < NV ? _mm512_loadu_ps(q + 16 * v) : _mm512_maskz_loadu_ps(tail, q + 16 * v);
-    for (int r = 0; r < RB; ++r) {
-      const __m512 p = _mm512_set1_ps(P[(i0 + r) * ldp + k]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(p, qv[v], acc[r][v]);
+    LPFAST_UNROLL for (int r = 0; r < RB; ++r) {
+      const __m512 p = _mm512_set1_ps(kTransP ? P[k * ldp + i0 + r] : P[(i0 + r) * ldp + k]);
+      LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(p, qv[v], acc[r][v]);
     }
   }
-  for (int r = 0; r < RB; ++r) {
+  LPFAST_UNROLL for (int r = 0; r < RB; ++r) {
     float* c = C + (i0 + r) * ldc + j0;
-    for (int v = 0; v < NV; ++v) {
+    LPFAST_UNROLL for (int v = 0; v < NV; ++v) {
       const __mmask16 m = v + 1 < NV ? __mmask16(0xFFFF) : tail;
       __m512 out = acc[r][v];
       if (accumulate) out = _mm512_add_ps(_mm512_maskz_loadu_ps(m, c + 16 * v), out);
@@ -50,21 +67,54 @@ inline void small_gemm_block(const float* P, std::int64_t ldp, const float* Q, s
   }
 }
 
-template <int NV>
+// Rows [row0, M) of the column block at j0.
+template <int NV, bool kTransP>
 inline void small_gemm_columns(const float* P, std::int64_t ldp, const float* Q,
-                               std::int64_t ldq, float* C, std::int64_t ldc, std::int64_t M,
-                               std::int64_t K, std::int64_t j0, __mmask16 tail, bool accumulate) {
+                               std::int64_t ldq, float* C, std::int64_t ldc, std::int64_t row0,
+                               std::int64_t M, std::int64_t K, std::int64_t j0, __mmask16 tail,
+                               bool accumulate) {
   constexpr int kRows = 6;  // 6 x 4 accumulators + 4 rows of Q: 28 of the 32 registers
-  std::int64_t i0 = 0;
+  std::int64_t i0 = row0;
   for (; i0 + kRows <= M; i0 += kRows)
-    small_gemm_block<kRows, NV>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate);
+    small_gemm_block<kRows, NV, kTransP>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate);
   switch (M - i0) {
-    case 5: small_gemm_block<5, NV>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate); break;
-    case 4: small_gemm_block<4, NV>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate); break;
-    case 3: small_gemm_block<3, NV>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate); break;
-    case 2: small_gemm_block<2, NV>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate); break;
-    case 1: small_gemm_block<1, NV>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate); break;
+#define LPFAST_SMALL_GEMM_REST(R)                                                            \
+  case R:                                                                                    \
+    small_gemm_block<R, NV, kTransP>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate);   \
+    break;
+    LPFAST_SMALL_GEMM_REST(5)
+    LPFAST_SMALL_GEMM_REST(4)
+    LPFAST_SMALL_GEMM_REST(3)
+    LPFAST_SMALL_GEMM_REST(2)
+    LPFAST_SMALL_GEMM_REST(1)
+#undef LPFAST_SMALL_GEMM_REST
     default: break;
+  }
+}
+
+// Column blocks of 64; with kLower only the rows at or below each block's first column.
+template <bool kTransP, bool kLower>
+inline void small_gemm_impl(const float* P, std::int64_t ldp, const float* Q, std::int64_t ldq,
+                            float* C, std::int64_t ldc, std::int64_t M, std::int64_t N,
+                            std::int64_t K, bool accumulate) {
+  for (std::int64_t j0 = 0; j0 < N; j0 += 64) {
+    const std::int64_t w = N - j0 < 64 ? N - j0 : 64;
+    const int nv = static_cast<int>((w + 15) / 16);
+    const int last = static_cast<int>(w - 16 * (nv - 1));
+    const auto tail = static_cast<__mmask16>((1u << last) - 1u);
+    const std::int64_t row0 = kLower ? (j0 < M ? j0 : M) : 0;
+    switch (nv) {
+#define LPFAST_SMALL_GEMM_NV(V)                                                                  \
+  case V:                                                                                        \
+    small_gemm_columns<V, kTransP>(P, ldp, Q, ldq, C, ldc, row0, M, K, j0, tail, accumulate); \
+    break;
+      LPFAST_SMALL_GEMM_NV(4)
+      LPFAST_SMALL_GEMM_NV(3)
+      LPFAST_SMALL_GEMM_NV(2)
+      LPFAST_SMALL_GEMM_NV(1)
+#undef LPFAST_SMALL_GEMM_NV
+      default: break;
+    }
   }
 }
 
@@ -75,21 +125,46 @@ inline void small_gemm_columns(const float* P, std::int64_t ldp, const float* Q,
 inline void small_gemm(const float* P, std::int64_t ldp, const float* Q, std::int64_t ldq, float* C,
                        std::int64_t ldc, std::int64_t M, std::int64_t N, std::int64_t K,
                        bool accumulate) {
-  for (std::int64_t j0 = 0; j0 < N; j0 += 64) {
-    const std::int64_t w = N - j0 < 64 ? N - j0 : 64;
-    const int nv = static_cast<int>((w + 15) / 16);
-    const int last = static_cast<int>(w - 16 * (nv - 1));
-    const auto tail = static_cast<__mmask16>((1u << last) - 1u);
-    switch (nv) {
-      case 4: detail::small_gemm_columns<4>(P, ldp, Q, ldq, C, ldc, M, K, j0, tail, accumulate); break;
-      case 3: detail::small_gemm_columns<3>(P, ldp, Q, ldq, C, ldc, M, K, j0, tail, accumulate); break;
-      case 2: detail::small_gemm_columns<2>(P, ldp, Q, ldq, C, ldc, M, K, j0, tail, accumulate); break;
-      default: detail::small_gemm_columns<1>(P, ldp, Q, ldq, C, ldc, M, K, j0, tail, accumulate); break;
-    }
-  }
+  detail::small_gemm_impl<false, false>(P, ldp, Q, ldq, C, ldc, M, N, K, accumulate);
+}
+
+// The lower triangle of C (d x d, row stride ldc) += Y^T Y for Y (K x d, row stride ldy)
+// row-major (entries just above the diagonal, inside the diagonal blocks, are written too).
+inline void small_gram_lower(const float* Y, std::int64_t ldy, float* C, std::int64_t ldc,
+                             std::int64_t d, std::int64_t K) {
+  detail::small_gemm_impl<true, true>(Y, ldy, Y, ldy, C, ldc, d, d, K, true);
 }
 #else
 inline constexpr bool kHasSmallGemm = false;
 #endif
+
+// small_gemm serves products whose Q panels (K x 64 floats, 256 KB at the limit) stay in L2;
+// longer ones go to Eigen, which blocks for the cache.
+inline constexpr std::int64_t kSmallGemmMaxK = 1024;
+
+// C (rows x N) (+)= P (rows x K) Q (K x N), all row-major with the given row strides:
+// small_gemm for float32 when it applies, Eigen otherwise.
+template <class T>
+void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T* C,
+                   std::int64_t ldc, std::int64_t rows, std::int64_t N, std::int64_t K,
+                   bool accumulate) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (K <= kSmallGemmMaxK) {
+      small_gemm(P, ldp, Q, ldq, C, ldc, rows, N, K, accumulate);
+      return;
+    }
+  }
+#endif
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Stride = Eigen::OuterStride<>;
+  const Eigen::Map<const Mat, 0, Stride> p(P, rows, K, Stride(ldp));
+  const Eigen::Map<const Mat, 0, Stride> q(Q, K, N, Stride(ldq));
+  Eigen::Map<Mat, 0, Stride> c(C, rows, N, Stride(ldc));
+  if (accumulate)
+    c.noalias() += p * q;
+  else
+    c.noalias() = p * q;
+}
 
 }  // namespace lpfast
