@@ -2,8 +2,8 @@
 
 Times, in a loop of plain calls (median and minimum, microseconds):
   op(x)         the public call: Python checks, the binding, the kernel;
-  kernel        the binding alone (``_core.doped_kron_matmul_sell`` on prepared arrays);
-  kron only     the same binding with an empty S: the Kronecker GEMMs plus call overhead;
+  kernel        the compiled serving kernel alone (the operator's ``_core.sell_kernel``);
+  kron only     such a kernel with an empty S: the Kronecker GEMMs plus call overhead;
   reference     ``lpfast.reference.doped_kp_matmul`` (NumPy reshapes + SciPy CSR).
 The sparse part is about kernel - kron only; Python about op(x) - kernel.
 
@@ -51,11 +51,13 @@ def main(argv=None):
     x = rng.standard_normal((1, 4096)).astype(np.float32)
     y = np.empty((1, 4096), np.float32)
     Bt, slice_ptr, row_of, indices, data = op._sell  # noqa: SLF001 - timing the private path
-    empty = (np.zeros_like(slice_ptr), row_of, indices[:0], data[:0])
+    kernel = op._serve  # noqa: SLF001
+    kron_only = _core.sell_kernel(op.A, Bt, np.zeros_like(slice_ptr), row_of, indices[:0],
+                                  data[:0], None, True)
     rows = {
         "op(x)": lambda: op(x),
-        "kernel": lambda: _core.doped_kron_matmul_sell(x, op.A, *op._sell, None, y),  # noqa: SLF001
-        "kron only": lambda: _core.doped_kron_matmul_sell(x, op.A, Bt, *empty, None, y),
+        "kernel": lambda: kernel(x, y),
+        "kron only": lambda: kron_only(x, y),
         "reference": lambda: ref.doped_kp_matmul(x, A, B, S),
     }
     print(f"threads={args.threads}, {args.calls} calls each (reference: a quarter), us")

@@ -1090,6 +1090,22 @@ def test_float32_long_factor_rows_use_the_blocked_gemm_fallback(batch):
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pickle_round_trip_rebuilds_the_serving_kernel(dtype):
+    import pickle
+
+    A, B, S, rng = _sell_case(3, 5, 4, 6, 0.2, dtype, seed=4, rank=2)
+    op = lpfast.DopedKronecker(A, B, S, rng.standard_normal(12).astype(dtype), check_finite=False)
+    op.fit_info["note"] = "kept"
+    back = pickle.loads(pickle.dumps(op))
+    x = rng.standard_normal((1, 30)).astype(dtype)
+    np.testing.assert_array_equal(back(x), op(x))
+    np.testing.assert_array_equal(back(np.vstack([x, x])), op(np.vstack([x, x])))
+    assert back.check_finite is False and back.fit_info == {"note": "kept"}
+    x[0, 3] = np.nan
+    assert np.isnan(back(x)).any()  # check_finite=False survived
+
+
 def test_sell_result_independent_of_threads():
     A, B, S, rng = _sell_case(64, 64, 64, 64, 0.01, np.float32, seed=11)
     op = lpfast.DopedKronecker(A, B, S)

@@ -14,6 +14,7 @@ def test_core_stub_lists_every_compiled_name():
     stub = (Path(lpfast.__file__).parent / "_core.pyi").read_text()
     stubbed = set(re.findall(r"^def (\w+)", stub, flags=re.M))
     stubbed |= set(re.findall(r"^(\w+): ", stub, flags=re.M))
+    stubbed |= set(re.findall(r"^class (\w+)", stub, flags=re.M))
     compiled = {n for n in dir(_core) if not n.startswith("_")}
     assert compiled - stubbed == set(), "add these to _core.pyi"
     assert stubbed - compiled == set(), "these stubs name nothing compiled"

@@ -1,6 +1,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -131,31 +132,56 @@ py::tuple sell_layout_py(const CArray<I>& indptr, const CArray<I>& indices,
   return cols <= 65536 ? sell_arrays<std::uint16_t>(S) : sell_arrays<std::int32_t>(S);
 }
 
-// out = x @ W.T (+ bias) with S in the SELL layout made by sell_layout (whose contents are
-// trusted: the Python layer keeps them private and read-only); sizes are re-checked here.
+// The batch-1 serving path of a prepared operator: its arrays (B transposed, S in the SELL
+// layout made by sell_layout, whose contents are trusted: the Python layer keeps them
+// private and read-only) are checked and viewed once here, and kept alive by this object;
+// a call then converts only x and out (10 array arguments per call cost ~1 us more).
+// Immutable after construction, so concurrent calls are safe.
 template <class T, class J>
-void doped_kron_matmul_sell_py(const CArray<T>& x, const CArray<T>& A, const CArray<T>& Bt,
-                               const CArray<std::int64_t>& slice_ptr,
-                               const CArray<std::int32_t>& row_of, const CArray<J>& indices,
-                               const CArray<T>& data, std::optional<CArray<T>> bias,
-                               CArray<T>& out, bool check_finite) {
-  const lpfast::KronFactors<T> kp = checked_factors_bt(A, Bt);
-  check_product_io(kp, x, bias, out);
-  if (check_finite) require_finite(x, "x");
-  const std::int64_t batch = x.shape(0);
-  const std::int64_t slices = lpfast::sell_slices(kp.rows());
-  expect_dim(slice_ptr, 0, slices + 1, "S.slice_ptr");
-  expect_dim(row_of, 0, slices * lpfast::kSellC, "S.row_of");
-  expect_dim(indices, 0, slice_ptr.at(slices), "S.indices");
-  expect_dim(data, 0, slice_ptr.at(slices), "S.data");
-  const lpfast::SellView<T, J> S{slice_ptr.data(), row_of.data(), indices.data(), data.data(),
-                                 kp.rows(), kp.cols(), slices};
-  const T* bias_ptr = bias ? bias->data() : nullptr;
-  T* y = out.mutable_data();
-  const T* xp = x.data();
-  py::gil_scoped_release release;  // raw buffers only, kept alive by this frame
-  lpfast::doped_kron_matmul(xp, batch, kp, S, bias_ptr, y);
-}
+class SellKernel {
+ public:
+  SellKernel(CArray<T> A, CArray<T> Bt, CArray<std::int64_t> slice_ptr,
+             CArray<std::int32_t> row_of, CArray<J> indices, CArray<T> data,
+             std::optional<CArray<T>> bias, bool check_finite)
+      : A_(std::move(A)), Bt_(std::move(Bt)), slice_ptr_(std::move(slice_ptr)),
+        row_of_(std::move(row_of)), indices_(std::move(indices)), data_(std::move(data)),
+        bias_(std::move(bias)), check_finite_(check_finite), kp_(checked_factors_bt(A_, Bt_)) {
+    const std::int64_t slices = lpfast::sell_slices(kp_.rows());
+    expect_dim(slice_ptr_, 0, slices + 1, "S.slice_ptr");
+    expect_dim(row_of_, 0, slices * lpfast::kSellC, "S.row_of");
+    expect_dim(indices_, 0, slice_ptr_.at(slices), "S.indices");
+    expect_dim(data_, 0, slice_ptr_.at(slices), "S.data");
+    if (bias_) {
+      expect_ndim(*bias_, 1, "bias");
+      expect_dim(*bias_, 0, kp_.rows(), "bias");
+    }
+    S_ = {slice_ptr_.data(), row_of_.data(), indices_.data(), data_.data(), kp_.rows(),
+          kp_.cols(), slices};
+  }
+
+  // out = x @ W.T (+ bias) for x (N, n1*n2), out (N, m1*m2).
+  void operator()(const CArray<T>& x, CArray<T>& out) const {
+    check_product_io(kp_, x, bias_, out);
+    if (check_finite_) require_finite(x, "x");
+    const std::int64_t batch = x.shape(0);
+    const T* bias_ptr = bias_ ? bias_->data() : nullptr;
+    T* y = out.mutable_data();
+    const T* xp = x.data();
+    py::gil_scoped_release release;  // raw buffers only, kept alive by the caller and this
+    lpfast::doped_kron_matmul(xp, batch, kp_, S_, bias_ptr, y);
+  }
+
+ private:
+  CArray<T> A_, Bt_;
+  CArray<std::int64_t> slice_ptr_;
+  CArray<std::int32_t> row_of_;
+  CArray<J> indices_;
+  CArray<T> data_;
+  std::optional<CArray<T>> bias_;
+  bool check_finite_;
+  lpfast::KronFactors<T> kp_;
+  lpfast::SellView<T, J> S_;
+};
 
 // dA, dB (rank, ., .) = gradients of x @ (sum_r kron(A_r, B_r)).T for upstream dy.
 template <class T>
@@ -215,14 +241,24 @@ void def_matmul(py::module_& m) {
 }
 
 template <class T, class J>
-void def_matmul_sell(py::module_& m) {
-  m.def("doped_kron_matmul_sell", &doped_kron_matmul_sell_py<T, J>, py::arg("x").noconvert(),
-        py::arg("A").noconvert(), py::arg("Bt").noconvert(), py::arg("slice_ptr").noconvert(),
-        py::arg("row_of").noconvert(), py::arg("indices").noconvert(),
-        py::arg("data").noconvert(), py::arg("bias").noconvert(), py::arg("out").noconvert(),
-        py::arg("check_finite") = false,
-        "doped_kron_matmul with B given transposed (Bt: (R, n2, m2)) and S in the layout "
-        "returned by sell_layout.");
+void def_sell_kernel(py::module_& m, const char* name) {
+  using Kernel = SellKernel<T, J>;
+  py::class_<Kernel>(m, name, "Batch-1 serving kernel of a prepared doped Kronecker operator.")
+      .def("__call__", &Kernel::operator(), py::arg("x").noconvert(), py::arg("out").noconvert(),
+           "out = x @ W.T (+ bias). x: (N, n1*n2), out: (N, m1*m2), C-contiguous.");
+  m.def(
+      "sell_kernel",
+      [](CArray<T> A, CArray<T> Bt, CArray<std::int64_t> slice_ptr, CArray<std::int32_t> row_of,
+         CArray<J> indices, CArray<T> data, std::optional<CArray<T>> bias, bool check_finite) {
+        return Kernel(std::move(A), std::move(Bt), std::move(slice_ptr), std::move(row_of),
+                      std::move(indices), std::move(data), std::move(bias), check_finite);
+      },
+      py::arg("A").noconvert(), py::arg("Bt").noconvert(), py::arg("slice_ptr").noconvert(),
+      py::arg("row_of").noconvert(), py::arg("indices").noconvert(),
+      py::arg("data").noconvert(), py::arg("bias").noconvert(), py::arg("check_finite"),
+      "A kernel computing x @ W.T (+ bias) for W = sum_r kron(A[r], B[r]) + S with B given "
+      "transposed (Bt: (R, n2, m2)) and S in the layout returned by sell_layout; it keeps "
+      "references to these arrays. check_finite: refuse NaN/Inf in x (ValueError).");
 }
 
 }  // namespace
@@ -243,8 +279,8 @@ void bind_kron(py::module_& m) {
   def_matmul<float, std::int64_t>(m);
   def_matmul<double, std::int32_t>(m);
   def_matmul<double, std::int64_t>(m);
-  def_matmul_sell<float, std::uint16_t>(m);
-  def_matmul_sell<float, std::int32_t>(m);
-  def_matmul_sell<double, std::uint16_t>(m);
-  def_matmul_sell<double, std::int32_t>(m);
+  def_sell_kernel<float, std::uint16_t>(m, "SellKernelF32U16");
+  def_sell_kernel<float, std::int32_t>(m, "SellKernelF32I32");
+  def_sell_kernel<double, std::uint16_t>(m, "SellKernelF64U16");
+  def_sell_kernel<double, std::int32_t>(m, "SellKernelF64I32");
 }

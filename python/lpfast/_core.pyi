@@ -1,6 +1,6 @@
 # Type stubs for the compiled extension. Private: the lpfast package validates arguments
 # and calls these with C-contiguous arrays of one float dtype.
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -60,8 +60,19 @@ def sell_layout(
     data: npt.NDArray[np.floating],
     cols: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.integer], npt.NDArray[np.floating]]: ...
-def doped_kron_matmul_sell(
-    x: npt.NDArray[np.floating],
+class SellKernelF32U16:
+    def __call__(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> None: ...
+
+class SellKernelF32I32:
+    def __call__(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> None: ...
+
+class SellKernelF64U16:
+    def __call__(self, x: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> None: ...
+
+class SellKernelF64I32:
+    def __call__(self, x: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> None: ...
+
+def sell_kernel(
     A: npt.NDArray[np.floating],
     Bt: npt.NDArray[np.floating],
     slice_ptr: npt.NDArray[np.int64],
@@ -69,9 +80,8 @@ def doped_kron_matmul_sell(
     indices: npt.NDArray[np.integer],
     data: npt.NDArray[np.floating],
     bias: Optional[npt.NDArray[np.floating]],
-    out: npt.NDArray[np.floating],
-    check_finite: bool = ...,
-) -> None: ...
+    check_finite: bool,
+) -> Union[SellKernelF32U16, SellKernelF32I32, SellKernelF64U16, SellKernelF64I32]: ...
 def csr_sampled_product(
     dy: npt.NDArray[np.floating],
     x: npt.NDArray[np.floating],

@@ -128,7 +128,8 @@ class DopedKronecker:
     converted to it. The operator is immutable and safe to call from several threads.
     """
 
-    __slots__ = ("A", "B", "_S", "_sell", "_shape", "bias", "dtype", "check_finite", "fit_info")
+    __slots__ = ("A", "B", "_S", "_sell", "_serve", "_shape", "bias", "dtype", "check_finite",
+                 "fit_info")
 
     def __init__(self, A: Any, B: Any, S: Any = None, bias: Any = None, *, check_finite: bool = True):
         dtype = common_float_dtype({"A": A, "B": B, "S.data": _csr_data(S), "bias": bias})
@@ -147,13 +148,15 @@ class DopedKronecker:
         # of S in the SELL-16 layout (1.6x faster than CSR there; batches keep using CSR) and
         # from B transposed, which the kernel would otherwise transpose on every call:
         # (Bt, slice_ptr, row_of, indices, data).
-        self._sell = None
+        self._sell = self._serve = None
         if self._S is not None:
             Bt = np.ascontiguousarray(self.B.transpose(0, 2, 1))
             self._sell = (Bt, *_core.sell_layout(*self._S, n))
         for a in (self.A, self.B, self.bias, *(self._S or ()), *(self._sell or ())):
             if a is not None:
                 a.flags.writeable = False
+        if self._sell is not None:  # checked once; a call then passes only x and out
+            self._serve = _core.sell_kernel(self.A, *self._sell, self.bias, check_finite)
         self._shape = (m, n)
         self.dtype = dtype
         self.check_finite = check_finite
@@ -245,9 +248,8 @@ class DopedKronecker:
         m, n = self._shape
         rows, lead = _batch_rows(x, n, self.dtype)
         y = _output(out, lead, m, self.dtype, rows)
-        if self._sell is not None and rows.shape[0] == 1:
-            _core.doped_kron_matmul_sell(rows, self.A, *self._sell, self.bias,
-                                         y.reshape(1, m), self.check_finite)
+        if self._serve is not None and rows.shape[0] == 1:
+            self._serve(rows, y.reshape(1, m))
             return y
         indptr, indices, data = self._S if self._S is not None else (None, None, None)
         _core.doped_kron_matmul(rows, self.A, self.B, indptr, indices, data, self.bias,
@@ -283,6 +285,17 @@ class DopedKronecker:
             raise ValueError(msg) from None
         S = (d["S_indptr"], d["S_indices"], d["S_data"]) if "S_data" in d else None
         return cls(A, B, S, d.get("bias"), check_finite=check_finite)
+
+    def __reduce__(self):
+        # Pickled as its plain arrays: the compiled serving kernel is rebuilt on load.
+        return _rebuild_doped_kronecker, (self.to_dict(), self.check_finite, self.fit_info)
+
+
+def _rebuild_doped_kronecker(state: dict[str, np.ndarray], check_finite: bool,
+                             fit_info: dict[str, Any]) -> DopedKronecker:
+    op = DopedKronecker.from_dict(state, check_finite=check_finite)
+    op.fit_info = fit_info
+    return op
 
 
 def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
