@@ -915,9 +915,13 @@ class Lloyd {
         f.V[c] = group_basis(data_, mem, opt_.j, scale.data());
         continue;
       }
+      KS_T0(gram);
       G.setZero();
       gram_accumulate(data_, mem.data(), scale.data(), m, 1.0, G, work_);
+      KS_T1(gram);
+      KS_T0(eig);
       f.V[c] = top_eigenvectors(G, f.V[c], opt_.j);
+      KS_T1(eig);
     }
   }
 
