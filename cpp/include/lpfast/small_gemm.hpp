@@ -37,22 +37,36 @@ namespace detail {
 #define LPFAST_UNROLL
 #endif
 
+// Where the kernels read their operands: p(k, i) is P's entry (i, k) and q(k) points at row
+// k of Q.
+struct RowMajorOperands {  // P (M x K) and Q (K x N), row-major
+  const float* P;
+  std::int64_t ldp;
+  const float* Q;
+  std::int64_t ldq;
+  float p(std::int64_t k, std::int64_t i) const { return P[i * ldp + k]; }
+  const float* q(std::int64_t k) const { return Q + k * ldq; }
+};
+struct GramOperands {  // P = Y^T and Q = Y for Y (K x d) row-major: C = Y^T Y
+  const float* Y;
+  std::int64_t ldy;
+  float p(std::int64_t k, std::int64_t i) const { return Y[k * ldy + i]; }
+  const float* q(std::int64_t k) const { return Y + k * ldy; }
+};
 // Rows [i0, i0 + RB) and columns [j0, j0 + 16 * NV) of C (the last 16 masked by `tail`).
-// kTransP: P is stored transposed, (K x M) row-major, as in a Gram matrix Y^T Y.
-template <int RB, int NV, bool kTransP>
-inline void small_gemm_block(const float* P, std::int64_t ldp, const float* Q, std::int64_t ldq,
-                             float* C, std::int64_t ldc, std::int64_t K, std::int64_t i0,
-                             std::int64_t j0, __mmask16 tail, bool accumulate) {
+template <int RB, int NV, class Ops>
+inline void small_gemm_block(const Ops& ops, float* C, std::int64_t ldc, std::int64_t K,
+                             std::int64_t i0, std::int64_t j0, __mmask16 tail, bool accumulate) {
   __m512 acc[RB][NV];
   LPFAST_UNROLL for (int r = 0; r < RB; ++r)
     LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (std::int64_t k = 0; k < K; ++k) {
-    const float* q = Q + k * ldq + j0;
+    const float* q = ops.q(k) + j0;
     __m512 qv[NV];
     LPFAST_UNROLL for (int v = 0; v < NV; ++v)
       qv[v] = v + 1 < NV ? _mm512_loadu_ps(q + 16 * v) : _mm512_maskz_loadu_ps(tail, q + 16 * v);
     LPFAST_UNROLL for (int r = 0; r < RB; ++r) {
-      const __m512 p = _mm512_set1_ps(kTransP ? P[k * ldp + i0 + r] : P[(i0 + r) * ldp + k]);
+      const __m512 p = _mm512_set1_ps(ops.p(k, i0 + r));
       LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(p, qv[v], acc[r][v]);
     }
   }
@@ -68,19 +82,18 @@ inline void small_gemm_block(const float* P, std::int64_t ldp, const float* Q, s
 }
 
 // Rows [row0, M) of the column block at j0.
-template <int NV, bool kTransP>
-inline void small_gemm_columns(const float* P, std::int64_t ldp, const float* Q,
-                               std::int64_t ldq, float* C, std::int64_t ldc, std::int64_t row0,
+template <int NV, class Ops>
+inline void small_gemm_columns(const Ops& ops, float* C, std::int64_t ldc, std::int64_t row0,
                                std::int64_t M, std::int64_t K, std::int64_t j0, __mmask16 tail,
                                bool accumulate) {
   constexpr int kRows = 6;  // 6 x 4 accumulators + 4 rows of Q: 28 of the 32 registers
   std::int64_t i0 = row0;
   for (; i0 + kRows <= M; i0 += kRows)
-    small_gemm_block<kRows, NV, kTransP>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate);
+    small_gemm_block<kRows, NV>(ops, C, ldc, K, i0, j0, tail, accumulate);
   switch (M - i0) {
-#define LPFAST_SMALL_GEMM_REST(R)                                                            \
-  case R:                                                                                    \
-    small_gemm_block<R, NV, kTransP>(P, ldp, Q, ldq, C, ldc, K, i0, j0, tail, accumulate);   \
+#define LPFAST_SMALL_GEMM_REST(R)                                            \
+  case R:                                                                    \
+    small_gemm_block<R, NV>(ops, C, ldc, K, i0, j0, tail, accumulate);       \
     break;
     LPFAST_SMALL_GEMM_REST(5)
     LPFAST_SMALL_GEMM_REST(4)
@@ -92,21 +105,20 @@ inline void small_gemm_columns(const float* P, std::int64_t ldp, const float* Q,
   }
 }
 
-// Column blocks of 64; with kLower only the rows at or below each block's first column.
-template <bool kTransP, bool kLower>
-inline void small_gemm_impl(const float* P, std::int64_t ldp, const float* Q, std::int64_t ldq,
-                            float* C, std::int64_t ldc, std::int64_t M, std::int64_t N,
-                            std::int64_t K, bool accumulate) {
+// Column blocks of 64; with `lower` only the rows at or below each block's first column.
+template <class Ops>
+inline void small_gemm_impl(const Ops& ops, float* C, std::int64_t ldc, std::int64_t M,
+                            std::int64_t N, std::int64_t K, bool accumulate, bool lower) {
   for (std::int64_t j0 = 0; j0 < N; j0 += 64) {
     const std::int64_t w = N - j0 < 64 ? N - j0 : 64;
     const int nv = static_cast<int>((w + 15) / 16);
     const int last = static_cast<int>(w - 16 * (nv - 1));
     const auto tail = static_cast<__mmask16>((1u << last) - 1u);
-    const std::int64_t row0 = kLower ? (j0 < M ? j0 : M) : 0;
+    const std::int64_t row0 = lower ? (j0 < M ? j0 : M) : 0;
     switch (nv) {
-#define LPFAST_SMALL_GEMM_NV(V)                                                                  \
-  case V:                                                                                        \
-    small_gemm_columns<V, kTransP>(P, ldp, Q, ldq, C, ldc, row0, M, K, j0, tail, accumulate); \
+#define LPFAST_SMALL_GEMM_NV(V)                                                       \
+  case V:                                                                             \
+    small_gemm_columns<V>(ops, C, ldc, row0, M, K, j0, tail, accumulate);             \
     break;
       LPFAST_SMALL_GEMM_NV(4)
       LPFAST_SMALL_GEMM_NV(3)
@@ -125,15 +137,17 @@ inline void small_gemm_impl(const float* P, std::int64_t ldp, const float* Q, st
 inline void small_gemm(const float* P, std::int64_t ldp, const float* Q, std::int64_t ldq, float* C,
                        std::int64_t ldc, std::int64_t M, std::int64_t N, std::int64_t K,
                        bool accumulate) {
-  detail::small_gemm_impl<false, false>(P, ldp, Q, ldq, C, ldc, M, N, K, accumulate);
+  detail::small_gemm_impl(detail::RowMajorOperands{P, ldp, Q, ldq}, C, ldc, M, N, K, accumulate,
+                          false);
 }
 
 // The lower triangle of C (d x d, row stride ldc) += Y^T Y for Y (K x d, row stride ldy)
 // row-major (entries just above the diagonal, inside the diagonal blocks, are written too).
 inline void small_gram_lower(const float* Y, std::int64_t ldy, float* C, std::int64_t ldc,
                              std::int64_t d, std::int64_t K) {
-  detail::small_gemm_impl<true, true>(Y, ldy, Y, ldy, C, ldc, d, d, K, true);
+  detail::small_gemm_impl(detail::GramOperands{Y, ldy}, C, ldc, d, d, K, true, true);
 }
+
 #else
 inline constexpr bool kHasSmallGemm = false;
 #endif
