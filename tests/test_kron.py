@@ -450,6 +450,24 @@ def test_parameters_are_read_only(dtype):
             arr[0] = 1
 
 
+def test_int64_indices_kept_wide_are_copied_not_frozen(monkeypatch):
+    # Past 2^31 columns or entries S keeps int64 indices; the caller's arrays must then be
+    # copied (and only the copies frozen). The limit is lowered to reach that branch here.
+    import lpfast.kron as kron_module
+
+    monkeypatch.setattr(kron_module, "_INT32_INDEX_LIMIT", 4)
+    ops = make_operands((3, 5), (4, 2), 1, np.float64, with_S=True)
+    S = ops["S"]
+    indptr, indices = S.indptr.astype(np.int64), S.indices.astype(np.int64)
+    op = DopedKronecker(ops["A"], ops["B"], (indptr, indices, S.data))
+    assert op.S.indices.dtype == np.int64 and not op.S.indices.flags.writeable
+    assert indptr.flags.writeable and indices.flags.writeable
+    x = random_x((3, 10), np.float64)
+    y0 = op(x)
+    indices[:] = 0
+    np.testing.assert_array_equal(op(x), y0)
+
+
 @pytest.mark.parametrize("form", ["csr_array", "tuple_int32", "tuple_int64", "torch_csr"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_caller_mutation_does_not_change_operator(dtype, form):

@@ -60,6 +60,10 @@ def _bias(bias: Any, m: int, dtype: np.dtype, check_finite: bool) -> np.ndarray 
     return bias
 
 
+# CSR indices narrow to int32 below this many columns and entries.
+_INT32_INDEX_LIMIT = int(np.iinfo(np.int32).max)
+
+
 def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
     """x as a C-contiguous (N, n) array of ``dtype`` plus its leading batch shape.
 
@@ -139,11 +143,13 @@ class DopedKronecker:
         csr = None
         if S is not None:
             indptr, indices, data = as_csr(S, "S", (m, n), dtype, check_finite=check_finite)
-            if max(n, indices.size) < np.iinfo(np.int32).max:
-                indptr, indices = indptr.astype(np.int32), indices.astype(np.int32)
+            if max(n, indices.size) < _INT32_INDEX_LIMIT:
+                indptr, indices = indptr.astype(np.int32), indices.astype(np.int32)  # copies
+            else:  # possibly the caller's own int64 arrays: the operator freezes only its copies
+                indptr, indices = indptr.copy(), indices.copy()
             csr = (indptr, indices, data.copy())
         self.A, self.B, self.bias = A.copy(), B.copy(), None if bias is None else bias.copy()
-        self._S = tuple(a.copy() if not a.flags.owndata else a for a in csr) if csr else None
+        self._S = csr
         # Single rows of x (the latency-bound call of a server) are served from a second copy
         # of S in the SELL-16 layout (1.6x faster than CSR there; batches keep using CSR) and
         # from B transposed, which the kernel would otherwise transpose on every call:
