@@ -255,8 +255,9 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
   const std::int64_t j = V.cols();
   const std::int64_t chunks = (m + kAssignChunk - 1) / kAssignChunk;
   const int nt = threads_for(2.0 * m * d * V.cols(), 1.0e6);
+  ExceptionGuard guard;  // allocations below may throw; no exception may leave the region
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  guard.run([&] {
     RowMat<T> Xc(kAssignChunk, d);
     RowMat<T> P(kAssignChunk, V.cols());
 #pragma omp for schedule(static)
@@ -272,7 +273,8 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
         out[r] = std::max(data.xn2[rows[r]] - s, 0.0);
       }
     }
-  }
+  });
+  guard.rethrow();
 }
 
 // Reusable scratch of the Gram accumulation.
@@ -302,8 +304,9 @@ void gram_accumulate(const Data<T>& data, const std::int64_t* rows, const double
       ws.gather[s].resize(kGramChunk, d);
   }
   const int nt = std::min(nseg, threads_for(static_cast<double>(m) * d * d, 1.0e6));
+  ExceptionGuard guard;  // Eigen's rank update may allocate
 #pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
-  for (int s = 0; s < nseg; ++s) {
+  for (int s = 0; s < nseg; ++s) guard.run([&] {
     const std::int64_t lo = m * s / nseg, hi = m * (s + 1) / nseg;
     RowMat<T>& buf = ws.gather[s];
     for (std::int64_t c0 = lo; c0 < hi; c0 += kGramChunk) {
@@ -323,7 +326,8 @@ void gram_accumulate(const Data<T>& data, const std::int64_t* rows, const double
       ws.acc[s].template selfadjointView<Eigen::Lower>().rankUpdate(
           buf.topRows(c1 - c0).transpose());
     }
-  }
+  });
+  guard.rethrow();
   for (int s = 0; s < nseg; ++s)
     G.template triangularView<Eigen::Lower>() += sign * ws.acc[s].template cast<double>();
 }
