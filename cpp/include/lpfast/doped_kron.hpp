@@ -61,7 +61,7 @@ struct Workspace {
 
 template <class T>
 bool use_small_gemm(const KronFactors<T>& kp) {
-  return std::is_same_v<T, float> && kHasSmallGemm && kp.n2 <= kSmallGemmMaxK;
+  return small_gemm_serves<T>(kp.n2);
 }
 
 // kp with Bt set (transposing B into ws.bt if needed) when small_gemm will serve it.

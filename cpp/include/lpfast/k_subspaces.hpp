@@ -214,7 +214,15 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
           std::copy(data.row(rows[r0 + r]), data.row(rows[r0 + r]) + d, Xg.row(r).data());
         Xc = Xg.data();
       }
-      rowmajor_gemm(Xc, d, B.data(), kj, P.data(), kj, cnt, kj, d, false);
+      // Equal bases must give equal distances, so that ties go to the lowest index as
+      // documented: one product when small_gemm serves it, else one per basis.
+      if (small_gemm_serves<T>(d)) {
+        rowmajor_gemm(Xc, d, B.data(), kj, P.data(), kj, cnt, kj, d, false);
+      } else {
+        for (int c = 0; c < k; ++c)
+          rowmajor_gemm(Xc, d, B.data() + static_cast<std::int64_t>(c) * j, kj,
+                        P.data() + static_cast<std::int64_t>(c) * j, kj, cnt, j, d, false);
+      }
       for (std::int64_t r = 0; r < cnt; ++r) {
         const std::int64_t i = rows != nullptr ? rows[r0 + r] : r0 + r;
         const T* pr = P.row(r).data();

@@ -156,6 +156,15 @@ inline constexpr bool kHasSmallGemm = false;
 // longer ones go to Eigen, which blocks for the cache.
 inline constexpr std::int64_t kSmallGemmMaxK = 1024;
 
+// Whether rowmajor_gemm hands a product with inner dimension K to small_gemm. Then every
+// entry of C is the same in-order sum of the same numbers wherever its column sits, so equal
+// columns of Q give bitwise equal columns of C; Eigen's kernels treat edge columns
+// differently.
+template <class T>
+bool small_gemm_serves(std::int64_t K) {
+  return std::is_same_v<T, float> && kHasSmallGemm && K <= kSmallGemmMaxK;
+}
+
 // C (rows x N) (+)= P (rows x K) Q (K x N), all row-major with the given row strides:
 // small_gemm for float32 when it applies, Eigen otherwise.
 template <class T>
@@ -164,7 +173,7 @@ void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T
                    bool accumulate) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
-    if (K <= kSmallGemmMaxK) {
+    if (small_gemm_serves<T>(K)) {
       small_gemm(P, ldp, Q, ldq, C, ldc, rows, N, K, accumulate);
       return;
     }
