@@ -12,7 +12,8 @@
 //            w_i * dist_i^p, ties by lowest row) and becomes their top-j subspace;
 //   refit    p = 2: V_c = top-j eigenvectors of G_c = sum_{i in c} w_i x_i x_i^T. G_c is kept
 //            in double between iterations and updated by the rows that changed cluster
-//            (+/- rank updates), rebuilt when more than half its rows changed.
+//            (+/- rank updates), rebuilt when more than half its rows changed; the cluster
+//            whose update would read the most rows is derived as G_total - sum of the others.
 //            p != 2: `irls_steps` IRLS steps per Lloyd iteration, each with
 //            omega_i = w_i * max(dist(x_i, V_c), eps)^(p - 2) and V_c = top-j of
 //            sum omega_i x_i x_i^T (a majorize-minimize step for p in [1, 2]).
@@ -20,8 +21,8 @@
 //            m x m kernel matrix instead of the d x d Gram.
 //   top-j    warm-started block Krylov / Rayleigh-Ritz on span[V, R, G R] (R the residual
 //            G V - V Theta) to a relative residual of 1e-10; when the residual's decay
-//            says 2 steps will not do, a dense solver: tridiagonalization, eigenvalues
-//            only, inverse iteration for the top j (Eigen's full solver as last resort).
+//            says 2 steps will not do, a dense solver: tridiagonalization, the top j
+//            eigenvalues by bisection, inverse iteration (Eigen's full solver as last resort).
 // The run stops when the cost fails to drop by more than tol * cost, and returns the
 // iterate of lowest cost.
 //
