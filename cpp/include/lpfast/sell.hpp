@@ -134,7 +134,9 @@ inline __m512 sell_fetch16(const float* x, const J* idx) {
   };
   const __m256 hi = _mm256_i32gather_ps(x, sell_index8(idx + 8), 4);
   const __m256 lo = _mm256_insertf128_ps(_mm256_castps128_ps256(four(0)), four(4), 1);
-  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  // The two halves joined as doubles: _mm512_insertf32x8 would need AVX512DQ.
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                                             _mm256_castps_pd(hi), 1));
 }
 }  // namespace detail
 
