@@ -1108,6 +1108,19 @@ def test_float32_long_factor_rows_use_the_blocked_gemm_fallback(batch):
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-3)
 
 
+def test_check_finite_attribute_governs_every_path():
+    A, B, S, rng = _sell_case(3, 5, 4, 6, 0.2, np.float64, seed=6)
+    op = lpfast.DopedKronecker(A, B, S)
+    x = rng.standard_normal((2, 30))
+    x[:, 7] = np.inf
+    op.check_finite = False
+    assert not np.isfinite(op(x[:1])).all() and not np.isfinite(op(x)).all()
+    op.check_finite = True
+    for rows in (x[:1], x):
+        with pytest.raises(ValueError, match=r"^x: contains NaN or Inf"):
+            op(rows)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pickle_round_trip_rebuilds_the_serving_kernel(dtype):
     import pickle

@@ -142,10 +142,10 @@ class SellKernel {
  public:
   SellKernel(CArray<T> A, CArray<T> Bt, CArray<std::int64_t> slice_ptr,
              CArray<std::int32_t> row_of, CArray<J> indices, CArray<T> data,
-             std::optional<CArray<T>> bias, bool check_finite)
+             std::optional<CArray<T>> bias)
       : A_(std::move(A)), Bt_(std::move(Bt)), slice_ptr_(std::move(slice_ptr)),
         row_of_(std::move(row_of)), indices_(std::move(indices)), data_(std::move(data)),
-        bias_(std::move(bias)), check_finite_(check_finite), kp_(checked_factors_bt(A_, Bt_)) {
+        bias_(std::move(bias)), kp_(checked_factors_bt(A_, Bt_)) {
     const std::int64_t slices = lpfast::sell_slices(kp_.rows());
     expect_dim(slice_ptr_, 0, slices + 1, "S.slice_ptr");
     expect_dim(row_of_, 0, slices * lpfast::kSellC, "S.row_of");
@@ -160,9 +160,9 @@ class SellKernel {
   }
 
   // out = x @ W.T (+ bias) for x (N, n1*n2), out (N, m1*m2).
-  void operator()(const CArray<T>& x, CArray<T>& out) const {
+  void operator()(const CArray<T>& x, CArray<T>& out, bool check_finite) const {
     check_product_io(kp_, x, bias_, out);
-    if (check_finite_) require_finite(x, "x");
+    if (check_finite) require_finite(x, "x");
     const std::int64_t batch = x.shape(0);
     const T* bias_ptr = bias_ ? bias_->data() : nullptr;
     T* y = out.mutable_data();
@@ -178,7 +178,6 @@ class SellKernel {
   CArray<J> indices_;
   CArray<T> data_;
   std::optional<CArray<T>> bias_;
-  bool check_finite_;
   lpfast::KronFactors<T> kp_;
   lpfast::SellView<T, J> S_;
 };
@@ -245,20 +244,22 @@ void def_sell_kernel(py::module_& m, const char* name) {
   using Kernel = SellKernel<T, J>;
   py::class_<Kernel>(m, name, "Batch-1 serving kernel of a prepared doped Kronecker operator.")
       .def("__call__", &Kernel::operator(), py::arg("x").noconvert(), py::arg("out").noconvert(),
-           "out = x @ W.T (+ bias). x: (N, n1*n2), out: (N, m1*m2), C-contiguous.");
+           py::arg("check_finite"),
+           "out = x @ W.T (+ bias). x: (N, n1*n2), out: (N, m1*m2), C-contiguous; "
+           "check_finite: refuse NaN/Inf in x (ValueError).");
   m.def(
       "sell_kernel",
       [](CArray<T> A, CArray<T> Bt, CArray<std::int64_t> slice_ptr, CArray<std::int32_t> row_of,
-         CArray<J> indices, CArray<T> data, std::optional<CArray<T>> bias, bool check_finite) {
+         CArray<J> indices, CArray<T> data, std::optional<CArray<T>> bias) {
         return Kernel(std::move(A), std::move(Bt), std::move(slice_ptr), std::move(row_of),
-                      std::move(indices), std::move(data), std::move(bias), check_finite);
+                      std::move(indices), std::move(data), std::move(bias));
       },
       py::arg("A").noconvert(), py::arg("Bt").noconvert(), py::arg("slice_ptr").noconvert(),
       py::arg("row_of").noconvert(), py::arg("indices").noconvert(),
-      py::arg("data").noconvert(), py::arg("bias").noconvert(), py::arg("check_finite"),
+      py::arg("data").noconvert(), py::arg("bias").noconvert(),
       "A kernel computing x @ W.T (+ bias) for W = sum_r kron(A[r], B[r]) + S with B given "
       "transposed (Bt: (R, n2, m2)) and S in the layout returned by sell_layout; it keeps "
-      "references to these arrays. check_finite: refuse NaN/Inf in x (ValueError).");
+      "references to these arrays.");
 }
 
 }  // namespace

@@ -162,7 +162,7 @@ class DopedKronecker:
             if a is not None:
                 a.flags.writeable = False
         if self._sell is not None:  # checked once; a call then passes only x and out
-            self._serve = _core.sell_kernel(self.A, *self._sell, self.bias, check_finite)
+            self._serve = _core.sell_kernel(self.A, *self._sell, self.bias)
         self._shape = (m, n)
         self.dtype = dtype
         self.check_finite = check_finite
@@ -255,7 +255,7 @@ class DopedKronecker:
         rows, lead = _batch_rows(x, n, self.dtype)
         y = _output(out, lead, m, self.dtype, rows)
         if self._serve is not None and rows.shape[0] == 1:
-            self._serve(rows, y.reshape(1, m))
+            self._serve(rows, y.reshape(1, m), self.check_finite)
             return y
         indptr, indices, data = self._S if self._S is not None else (None, None, None)
         _core.doped_kron_matmul(rows, self.A, self.B, indptr, indices, data, self.bias,
