@@ -200,13 +200,21 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
   for (int c = 0; c < k; ++c) B.middleCols(static_cast<std::int64_t>(c) * j, j) = V[c].cast<T>();
   const std::int64_t chunks = (m + kAssignChunk - 1) / kAssignChunk;
   const int nt = threads_for(2.0 * m * d * k * j, 1.0e6);
+  // Every thread must reach the worksharing loop (and its barrier) even if its scratch
+  // allocation failed: the guard wraps the allocation and each chunk, not the loop.
   ExceptionGuard guard;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  guard.run([&] {
-    RowMat<T> P(kAssignChunk, static_cast<std::int64_t>(k) * j);
-    RowMat<T> Xg(rows != nullptr ? kAssignChunk : 0, d);
+  {
+    RowMat<T> P, Xg;
+    bool ready = false;
+    guard.run([&] {
+      P.resize(kAssignChunk, kj);
+      Xg.resize(rows != nullptr ? kAssignChunk : 0, d);
+      ready = true;
+    });
 #pragma omp for schedule(static)
-    for (std::int64_t ch = 0; ch < chunks; ++ch) {
+    for (std::int64_t ch = 0; ch < chunks; ++ch) guard.run([&] {
+      if (!ready) return;
       const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(m, r0 + kAssignChunk);
       const std::int64_t cnt = r1 - r0;
       const T* Xc = data.row(r0);
@@ -243,8 +251,8 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
         dist2[i] = best_d2;
         if (coef != nullptr) std::copy(pr + best * j, pr + (best + 1) * j, coef + i * j);
       }
-    }
-  });
+    });
+  }
   guard.rethrow();
 }
 
@@ -264,13 +272,19 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
   const std::int64_t j = V.cols();
   const std::int64_t chunks = (m + kAssignChunk - 1) / kAssignChunk;
   const int nt = threads_for(2.0 * m * d * V.cols(), 1.0e6);
-  ExceptionGuard guard;  // allocations below may throw; no exception may leave the region
+  ExceptionGuard guard;  // around the allocation and each chunk, as in assign_rows
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  guard.run([&] {
-    RowMat<T> Xc(kAssignChunk, d);
-    RowMat<T> P(kAssignChunk, V.cols());
+  {
+    RowMat<T> Xc, P;
+    bool ready = false;
+    guard.run([&] {
+      Xc.resize(kAssignChunk, d);
+      P.resize(kAssignChunk, j);
+      ready = true;
+    });
 #pragma omp for schedule(static)
-    for (std::int64_t ch = 0; ch < chunks; ++ch) {
+    for (std::int64_t ch = 0; ch < chunks; ++ch) guard.run([&] {
+      if (!ready) return;
       const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(m, r0 + kAssignChunk);
       for (std::int64_t r = r0; r < r1; ++r)
         std::copy(data.row(rows[r]), data.row(rows[r]) + d, Xc.row(r - r0).data());
@@ -281,8 +295,8 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
           s += static_cast<double>(P(r - r0, t)) * P(r - r0, t);
         out[r] = std::max(data.xn2[rows[r]] - s, 0.0);
       }
-    }
-  });
+    });
+  }
   guard.rethrow();
 }
 
@@ -879,14 +893,18 @@ class Lloyd {
       if (was >= 0) removed[was].push_back(i);
     }
     // Rows each cluster's Gram update would read: all members (rebuild) or the rows that
-    // moved in and out, whichever is fewer. The most expensive one is instead derived from
-    // the sum of all Grams, which never changes (a third of the Gram work at k = 3 in the
-    // early iterations, where most rows move).
+    // moved in and out, whichever is fewer. The most expensive large one is instead derived
+    // from the sum of all Grams, which never changes (a third of the Gram work at k = 3 in
+    // the early iterations, where most rows move).
+    // Only a cluster holding at least 1/(2k) of the rows is derived: the subtraction's
+    // rounding is relative to the total Gram, which would swamp a small cluster's.
     std::vector<std::size_t> work(k);
     int derived = -1;
     for (int c = 0; c < k; ++c) {
       work[c] = std::min(members[c].size(), added[c].size() + removed[c].size());
-      if (!first && work[c] > 0 && (derived < 0 || work[c] > work[derived])) derived = c;
+      const bool large =
+          2 * static_cast<std::size_t>(k) * members[c].size() >= static_cast<std::size_t>(n);
+      if (!first && large && work[c] > 0 && (derived < 0 || work[c] > work[derived])) derived = c;
     }
     std::vector<double> scale;
     auto sqrt_w = [&](const std::vector<std::int64_t>& rows) {
