@@ -138,7 +138,8 @@ def test_projective_parameter_count_and_layout():
 
 # -- state_dict round trip -------------------------------------------------------------------
 
-def _roundtrip(layer: torch.nn.Module, fresh: torch.nn.Module) -> torch.nn.Module:
+def roundtrip_state_dict(layer: torch.nn.Module, fresh: torch.nn.Module) -> torch.nn.Module:
+    """fresh with layer's state_dict loaded through torch.save/torch.load."""
     buf = io.BytesIO()
     torch.save(layer.state_dict(), buf)
     buf.seek(0)
@@ -152,7 +153,7 @@ def _roundtrip(layer: torch.nn.Module, fresh: torch.nn.Module) -> torch.nn.Modul
 def test_state_dict_roundtrip_exact(name, dtype):
     layer = layers(dtype)[name]
     torch.manual_seed(99)  # the fresh layer draws other random values (and S pattern)
-    fresh = _roundtrip(layer, layers(dtype)[name])
+    fresh = roundtrip_state_dict(layer, layers(dtype)[name])
     sd, sd2 = layer.state_dict(), fresh.state_dict()
     assert sd.keys() == sd2.keys()
     for k in sd:
@@ -165,12 +166,12 @@ def test_doped_roundtrip_after_prune_and_compact():
     layer = DopedKroneckerLinear.from_linear(linear(), (4, 6), (5, 4), density=0.3)
     x = torch.randn(5, 24)
     layer.prune_(0.1)
-    fresh = _roundtrip(layer, DopedKroneckerLinear(24, 20, (4, 6), (5, 4), 0.5))
+    fresh = roundtrip_state_dict(layer, DopedKroneckerLinear(24, 20, (4, 6), (5, 4), 0.5))
     assert fresh.S_mask is not None and fresh.nnz == layer.nnz == 48
     assert torch.equal(fresh(x), layer(x))
     layer.compact_()
     assert layer.S_mask is None and layer.S_values.numel() == 48
-    again = _roundtrip(layer, fresh)
+    again = roundtrip_state_dict(layer, fresh)
     assert again.S_mask is None and torch.equal(again(x), layer(x))
 
 

@@ -12,7 +12,6 @@ Layout:
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 
@@ -30,6 +29,7 @@ from lpfast.torch import RowDopedEmbedding, RowDopedLinear, compress  # noqa: E4
 from lpfast.torch.compress import METHODS  # noqa: E402
 
 from test_torch_compress import Tiny, check_report_exact, tiny_bert  # noqa: E402
+from test_torch_layers import roundtrip_state_dict  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
 NP = {torch.float32: np.float32, torch.float64: np.float64}
@@ -195,14 +195,6 @@ def test_gradients_reach_stored_values(method, pad):
 
 # -- state -----------------------------------------------------------------------------------
 
-def _roundtrip(layer: nn.Module, fresh: nn.Module) -> nn.Module:
-    buf = io.BytesIO()
-    torch.save(layer.state_dict(), buf)
-    buf.seek(0)
-    fresh.load_state_dict(torch.load(buf))
-    return fresh
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", list(FITS))
 def test_state_dict_roundtrip_exact(method, dtype):
@@ -217,7 +209,7 @@ def test_state_dict_roundtrip_exact(method, dtype):
         other = cls(*args, 1, 0, method=method, n_subspaces=None if K is None else 5, dtype=dtype)
         for fresh in (same, other):
             fresh(x)  # a forward first: cached index layouts must follow the loaded state
-            fresh = _roundtrip(layer, fresh)
+            fresh = roundtrip_state_dict(layer, fresh)
             sd, sd2 = layer.state_dict(), fresh.state_dict()
             assert sd.keys() == sd2.keys()
             for k in sd:
