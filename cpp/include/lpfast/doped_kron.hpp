@@ -59,15 +59,11 @@ struct Workspace {
   std::vector<T> bt;  // B transposed, when the caller did not supply it
 };
 
-template <class T>
-bool use_small_gemm(const KronFactors<T>& kp) {
-  return small_gemm_serves<T>(kp.n2);
-}
-
-// kp with Bt set (transposing B into ws.bt if needed) when small_gemm will serve it.
+// kp with Bt set (transposing B into ws.bt if needed) when small_gemm will serve the
+// product with B^T (inner dimension n2).
 template <class T>
 KronFactors<T> with_transposed_b(KronFactors<T> kp, Workspace<T>& ws) {
-  if (kp.Bt != nullptr || !use_small_gemm(kp)) return kp;
+  if (kp.Bt != nullptr || !small_gemm_serves<T>(kp.n2)) return kp;
   ws.bt.resize(static_cast<std::size_t>(kp.rank * kp.m2 * kp.n2));
   for (std::int64_t r = 0; r < kp.rank; ++r) {
     const ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
