@@ -20,18 +20,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_projective as bp  # noqa: E402 - the benchmark's data and starts
+from _threads import HAVE_THREADPOOLCTL, limit_threads  # noqa: E402
 
 import lpfast  # noqa: E402
 from lpfast import reference as ref  # noqa: E402
 
 
 def main():
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
-    except ImportError:
-        print("threadpoolctl missing: NumPy's BLAS keeps its default threads")
-    lpfast.set_num_threads(1)
     X = bp.data()
     print("k  p  iterations  lpfast s  reference s  speed-up  labels equal  cost rel. diff")
     for p in (2.0, 1.0):
@@ -50,4 +45,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if not HAVE_THREADPOOLCTL:
+        print("threadpoolctl missing: NumPy's BLAS keeps its default threads")
+    with limit_threads(1):
+        main()
