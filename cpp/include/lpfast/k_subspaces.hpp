@@ -754,11 +754,12 @@ class Lloyd {
   // upper_[i] >= dist(x_i, V_label_i) and lower_[i k + c] <= dist(x_i, V_c) hold for the exact
   // distances (not squared). When a basis moves from V to V', every row's distance to it moves
   // by at most ||x|| sin theta_max(V, V') = ||x|| ||(I - V V^T) V'||_2, so the bounds are
-  // loosened by that much. A row whose bounds prove that no other basis can come within the
-  // rounding error of the assignment GEMM keeps its label and needs only its own distance
-  // (one GEMM per cluster against its basis alone); the others take the full computation.
-  // Labels are therefore those of the full assignment.
-
+  // loosened by that much. Every row then gets its own distance (the cost needs it), which
+  // tightens its upper bound, and the exact distance to each basis whose lower bound does not
+  // clear that by the rounding error of the assignment GEMM; its label moves to the nearest
+  // of those (ties: lowest index). Bases that moved little are thereby skipped even while
+  // another moved far (k = 10 here: one basis turning fully used to send every row to the
+  // full product). Labels are therefore those of the full assignment.
   // |computed - exact| squared distance <= round_ * ||x||^2 for a (d x k j) GEMM in T:
   // each coefficient is off by at most gamma_d ||x||, so the sum of j squares by
   // 2 sqrt(j) gamma_d ||x||^2 (+ second order); a factor 2 on top, and the double sums.
@@ -798,40 +799,82 @@ class Lloyd {
       move[c] = std::sqrt(lam) * (1.0 + 1e-6) + 1e-12;  // margin for the eigenvalue's rounding
     }
     const double eta = rounding();
-    std::vector<std::vector<std::int64_t>> settled(k);
-    std::vector<std::int64_t> open;
+    // A basis c needs row i's exact distance unless its lower bound clears the upper one.
+    auto clears = [&](std::int64_t i, int c) {
+      const double l = lower_[i * k + c];
+      return l > 0 && upper_[i] * upper_[i] + 2.0 * eta * data_.xn2[i] < l * l;
+    };
+    std::vector<std::vector<std::int64_t>> members(k);
+    std::int64_t pairs = 0;  // (row, other basis) pairs the loosened bounds leave open
     for (std::int64_t i = 0; i < n; ++i) {
-      const double xnorm = std::sqrt(data_.xn2[i]), E = eta * data_.xn2[i];
-      const std::int64_t a = f.labels[i];
+      const double xnorm = std::sqrt(data_.xn2[i]);
+      const int a = static_cast<int>(f.labels[i]);
       upper_[i] += move[a] * xnorm;
-      const double need = upper_[i] * upper_[i] + 2.0 * E;
-      bool sure = true;
-      for (int c = 0; c < k; ++c) {
-        double& l = lower_[i * k + c];
-        l -= move[c] * xnorm;
-        if (c != a && !(l > 0 && need < l * l)) sure = false;
-      }
-      (sure ? settled[a] : open).push_back(i);
+      for (int c = 0; c < k; ++c) lower_[i * k + c] -= move[c] * xnorm;
+      for (int c = 0; c < k; ++c) pairs += c != a && !clears(i, c);
+      members[a].push_back(i);
     }
 #ifdef LPFAST_KS_PROFILE
-    std::fprintf(stderr, "open %zu of %lld\n", open.size(), static_cast<long long>(n));
+    std::fprintf(stderr, "open pairs %lld of %lld\n", static_cast<long long>(pairs),
+                 static_cast<long long>(n) * (k - 1));
 #endif
-    // Settled rows: their own distance only, one GEMM per cluster against its basis.
-    std::vector<double> own;
+    // Nearly everything open (early iterations): one product, no gathers.
+    if (10 * (n + pairs) >= 9 * n * k) {
+      assign_rows<T>(data_, f.V, nullptr, n, f.labels.data(), f.dist2.data(), nullptr,
+                     all_d2_.data());
+      for (std::int64_t i = 0; i < n; ++i) set_bounds(i, eta * data_.xn2[i], f);
+      return;
+    }
+    // Own distances, one GEMM per cluster against its basis; they tighten the upper bounds.
+    std::vector<double> d2;
     for (int c = 0; c < k; ++c) {
-      own.resize(settled[c].size());
-      if (!own.empty()) member_dist2(data_, settled[c], f.V[c], own.data());
-      for (std::size_t r = 0; r < own.size(); ++r) {
-        const std::int64_t i = settled[c][r];
-        f.dist2[i] = own[r];
-        upper_[i] = std::sqrt(own[r] + eta * data_.xn2[i]);
+      d2.resize(members[c].size());
+      if (!d2.empty()) member_dist2(data_, members[c], f.V[c], d2.data());
+      for (std::size_t r = 0; r < d2.size(); ++r) {
+        const std::int64_t i = members[c][r];
+        f.dist2[i] = d2[r];
+        upper_[i] = std::sqrt(d2[r] + eta * data_.xn2[i]);
       }
     }
-    if (open.empty()) return;
-    const bool all = static_cast<std::int64_t>(open.size()) == n;  // no gather needed
-    assign_rows<T>(data_, f.V, all ? nullptr : open.data(), static_cast<std::int64_t>(open.size()),
-                   f.labels.data(), f.dist2.data(), nullptr, all_d2_.data());
-    for (std::int64_t i : open) set_bounds(i, eta * data_.xn2[i], f);
+    std::vector<std::vector<std::int64_t>> open(k);
+    std::vector<std::int64_t> open_rows;  // rows with at least one open basis
+    for (std::int64_t i = 0; i < n; ++i) {
+      bool any = false;
+      for (int c = 0; c < k; ++c)
+        if (c != f.labels[i] && !clears(i, c)) {
+          open[c].push_back(i);
+          any = true;
+        }
+      if (any) open_rows.push_back(i);
+    }
+    // A row's distance to a basis must not depend on which list it was computed in, or equal
+    // bases could break ties differently: small_gemm computes each entry alone, in a fixed
+    // order; Eigen's blocking varies with the operands' shape, so there the open rows take
+    // the full product, where equal bases get equal products.
+    if (!small_gemm_serves<T>(data_.d)) {
+      if (open_rows.empty()) return;
+      assign_rows<T>(data_, f.V, open_rows.data(), static_cast<std::int64_t>(open_rows.size()),
+                     f.labels.data(), f.dist2.data(), nullptr, all_d2_.data());
+      for (std::int64_t i : open_rows) set_bounds(i, eta * data_.xn2[i], f);
+      return;
+    }
+    // Exact distances to the open bases; each row keeps the nearest (ties: lowest index).
+    const std::vector<std::int64_t> was = f.labels;
+    for (int c = 0; c < k; ++c) {
+      d2.resize(open[c].size());
+      if (!d2.empty()) member_dist2(data_, open[c], f.V[c], d2.data());
+      for (std::size_t r = 0; r < d2.size(); ++r) {
+        const std::int64_t i = open[c][r];
+        lower_[i * k + c] = std::sqrt(std::max(d2[r] - eta * data_.xn2[i], 0.0));
+        if (d2[r] < f.dist2[i] || (d2[r] == f.dist2[i] && c < f.labels[i])) {
+          if (f.labels[i] == was[i])  // the old cluster's distance now bounds it from below
+            lower_[i * k + was[i]] = std::sqrt(std::max(f.dist2[i] - eta * data_.xn2[i], 0.0));
+          f.labels[i] = c;
+          f.dist2[i] = d2[r];
+          upper_[i] = std::sqrt(d2[r] + eta * data_.xn2[i]);
+        }
+      }
+    }
   }
 
   void refit(Fit& f) {
