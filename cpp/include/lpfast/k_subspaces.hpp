@@ -207,9 +207,10 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
   {
     RowMat<T> P, Xg;
     bool ready = false;
+    const bool in_place = small_gemm_serves<T>(d);
     guard.run([&] {
       P.resize(kAssignChunk, kj);
-      Xg.resize(rows != nullptr ? kAssignChunk : 0, d);
+      Xg.resize(rows != nullptr && !in_place ? kAssignChunk : 0, d);
       ready = true;
     });
 #pragma omp for schedule(static)
@@ -217,17 +218,21 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
       if (!ready) return;
       const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(m, r0 + kAssignChunk);
       const std::int64_t cnt = r1 - r0;
-      const T* Xc = data.row(r0);
-      if (rows != nullptr) {
-        for (std::int64_t r = 0; r < cnt; ++r)
-          std::copy(data.row(rows[r0 + r]), data.row(rows[r0 + r]) + d, Xg.row(r).data());
-        Xc = Xg.data();
-      }
       // Equal bases must give equal distances, so that ties go to the lowest index as
       // documented: one product when small_gemm serves it, else one per basis.
-      if (small_gemm_serves<T>(d)) {
-        rowmajor_gemm(Xc, d, B.data(), kj, P.data(), kj, cnt, kj, d, false);
+      if (in_place) {
+        if (rows != nullptr)
+          rowmajor_gemm_indexed(data.X, d, rows + r0, B.data(), kj, P.data(), kj, cnt, kj, d,
+                                static_cast<T*>(nullptr));
+        else
+          rowmajor_gemm(data.row(r0), d, B.data(), kj, P.data(), kj, cnt, kj, d, false);
       } else {
+        const T* Xc = data.row(r0);
+        if (rows != nullptr) {
+          for (std::int64_t r = 0; r < cnt; ++r)
+            std::copy(data.row(rows[r0 + r]), data.row(rows[r0 + r]) + d, Xg.row(r).data());
+          Xc = Xg.data();
+        }
         for (int c = 0; c < k; ++c)
           rowmajor_gemm(Xc, d, B.data() + static_cast<std::int64_t>(c) * j, kj,
                         P.data() + static_cast<std::int64_t>(c) * j, kj, cnt, j, d, false);
@@ -278,7 +283,7 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
     RowMat<T> Xc, P;
     bool ready = false;
     guard.run([&] {
-      Xc.resize(kAssignChunk, d);
+      Xc.resize(small_gemm_serves<T>(d) ? 0 : kAssignChunk, d);  // rowmajor_gemm_indexed's
       P.resize(kAssignChunk, j);
       ready = true;
     });
@@ -286,9 +291,8 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
     for (std::int64_t ch = 0; ch < chunks; ++ch) guard.run([&] {
       if (!ready) return;
       const std::int64_t r0 = ch * kAssignChunk, r1 = std::min(m, r0 + kAssignChunk);
-      for (std::int64_t r = r0; r < r1; ++r)
-        std::copy(data.row(rows[r]), data.row(rows[r]) + d, Xc.row(r - r0).data());
-      rowmajor_gemm(Xc.data(), d, Vt.data(), j, P.data(), j, r1 - r0, j, d, false);
+      rowmajor_gemm_indexed(data.X, d, rows.data() + r0, Vt.data(), j, P.data(), j, r1 - r0, j,
+                            d, Xc.data());
       for (std::int64_t r = r0; r < r1; ++r) {
         double s = 0;
         for (std::int64_t t = 0; t < V.cols(); ++t)

@@ -11,6 +11,7 @@
 // in order.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -45,6 +46,15 @@ struct RowMajorOperands {  // P (M x K) and Q (K x N), row-major
   const float* Q;
   std::int64_t ldq;
   float p(std::int64_t k, std::int64_t i) const { return P[i * ldp + k]; }
+  const float* q(std::int64_t k) const { return Q + k * ldq; }
+};
+struct IndexedRowOperands {  // P = rows `rows` of X (row-major), Q (K x N) row-major
+  const float* X;
+  std::int64_t ldx;
+  const std::int64_t* rows;
+  const float* Q;
+  std::int64_t ldq;
+  float p(std::int64_t k, std::int64_t i) const { return X[rows[i] * ldx + k]; }
   const float* q(std::int64_t k) const { return Q + k * ldq; }
 };
 struct GramOperands {  // P = Y^T and Q = Y for Y (K x d) row-major: C = Y^T Y
@@ -143,6 +153,14 @@ inline void small_gemm(const float* P, std::int64_t ldp, const float* Q, std::in
 
 // The lower triangle of C (d x d, row stride ldc) += Y^T Y for Y (K x d, row stride ldy)
 // row-major (entries just above the diagonal, inside the diagonal blocks, are written too).
+// C (M x N) = X[rows] Q, the listed rows of X read in place.
+inline void small_gemm_indexed(const float* X, std::int64_t ldx, const std::int64_t* rows,
+                               const float* Q, std::int64_t ldq, float* C, std::int64_t ldc,
+                               std::int64_t M, std::int64_t N, std::int64_t K) {
+  detail::small_gemm_impl(detail::IndexedRowOperands{X, ldx, rows, Q, ldq}, C, ldc, M, N, K,
+                          false, false);
+}
+
 inline void small_gram_lower(const float* Y, std::int64_t ldy, float* C, std::int64_t ldc,
                              std::int64_t d, std::int64_t K) {
   detail::small_gemm_impl(detail::GramOperands{Y, ldy}, C, ldc, d, d, K, true, true);
@@ -188,6 +206,26 @@ void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T
     c.noalias() += p * q;
   else
     c.noalias() = p * q;
+}
+
+// C (m x N) = X[rows] Q for the m rows of X (row stride ldx) listed in `rows`: small_gemm
+// reads them in place (the copies were 5% of a p = 1 k-subspaces profile); for Eigen they are
+// first copied into `scratch` (m x K).
+template <class T>
+void rowmajor_gemm_indexed(const T* X, std::int64_t ldx, const std::int64_t* rows, const T* Q,
+                           std::int64_t ldq, T* C, std::int64_t ldc, std::int64_t m,
+                           std::int64_t N, std::int64_t K, T* scratch) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (small_gemm_serves<T>(K)) {
+      small_gemm_indexed(X, ldx, rows, Q, ldq, C, ldc, m, N, K);
+      return;
+    }
+  }
+#endif
+  for (std::int64_t r = 0; r < m; ++r)
+    std::copy(X + rows[r] * ldx, X + rows[r] * ldx + K, scratch + r * K);
+  rowmajor_gemm(scratch, K, Q, ldq, C, ldc, m, N, K, false);
 }
 
 }  // namespace lpfast
