@@ -95,11 +95,27 @@ inline void small_gemm_block(const Ops& ops, float* C, std::int64_t ldc, std::in
 template <int NV, class Ops>
 inline void small_gemm_columns(const Ops& ops, float* C, std::int64_t ldc, std::int64_t row0,
                                std::int64_t M, std::int64_t K, std::int64_t j0, __mmask16 tail,
-                               bool accumulate) {
+                               bool accumulate, bool lower) {
   constexpr int kRows = 6;  // 6 x 4 accumulators + 4 rows of Q: 28 of the 32 registers
   std::int64_t i0 = row0;
-  for (; i0 + kRows <= M; i0 += kRows)
-    small_gemm_block<kRows, NV>(ops, C, ldc, K, i0, j0, tail, accumulate);
+  for (; i0 + kRows <= M; i0 += kRows) {
+    // For the lower triangle, a row block on the diagonal needs only the vectors up to its
+    // last row's column: a tenth of a 384 x 384 Gram's multiply-adds.
+    const std::int64_t need = lower ? (i0 + kRows - j0 + 15) / 16 : NV;
+    switch (need < NV ? need : NV) {
+      case 1:
+        small_gemm_block<kRows, 1>(ops, C, ldc, K, i0, j0, NV == 1 ? tail : 0xFFFF, accumulate);
+        break;
+      case 2:
+        small_gemm_block<kRows, 2>(ops, C, ldc, K, i0, j0, NV == 2 ? tail : 0xFFFF, accumulate);
+        break;
+      case 3:
+        small_gemm_block<kRows, 3>(ops, C, ldc, K, i0, j0, NV == 3 ? tail : 0xFFFF, accumulate);
+        break;
+      default:
+        small_gemm_block<kRows, NV>(ops, C, ldc, K, i0, j0, tail, accumulate);
+    }
+  }
   switch (M - i0) {
 #define LPFAST_SMALL_GEMM_REST(R)                                            \
   case R:                                                                    \
@@ -128,7 +144,7 @@ inline void small_gemm_impl(const Ops& ops, float* C, std::int64_t ldc, std::int
     switch (nv) {
 #define LPFAST_SMALL_GEMM_NV(V)                                                       \
   case V:                                                                             \
-    small_gemm_columns<V>(ops, C, ldc, row0, M, K, j0, tail, accumulate);             \
+    small_gemm_columns<V>(ops, C, ldc, row0, M, K, j0, tail, accumulate, lower);      \
     break;
       LPFAST_SMALL_GEMM_NV(4)
       LPFAST_SMALL_GEMM_NV(3)
