@@ -84,6 +84,8 @@ py::tuple fit_py(const CArray<T>& X, const CArray<double>& weights, int n_subspa
   }
   const double* w = weights_of<T>(weights, n);
   const T* x = X.data();
+  CArray<T> coef({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
+  T* cf = coef.mutable_data();
   ks::Fit f;
   {
     // Safe without the GIL: the core reads raw buffers kept alive by this frame.
@@ -91,11 +93,12 @@ py::tuple fit_py(const CArray<T>& X, const CArray<double>& weights, int n_subspa
     ks::Data<T> data(x, w, n, d);
     f = init_bases ? ks::lloyd_from(data, opt, std::move(V0))
                    : ks::fit_restarts(data, opt, how, n_init, seed);
+    ks::coefficients(data, f.V, f.labels, cf);
   }
   CArray<std::int64_t> labels(static_cast<py::ssize_t>(n));
   std::copy(f.labels.begin(), f.labels.end(), labels.mutable_data());
   return py::make_tuple(bases_out<T>(f.V), labels, f.cost, f.n_iter, py::cast(f.history),
-                        f.restart);
+                        f.restart, coef);
 }
 
 template <class T>
@@ -149,7 +152,8 @@ void def_projective(py::module_& m) {
         py::arg("n_subspaces"), py::arg("dim"), py::arg("p"), py::arg("max_iter"), py::arg("tol"),
         py::arg("eps"), py::arg("irls_steps"), py::arg("seeding"), py::arg("n_init"),
         py::arg("seed"), py::arg("init_bases").noconvert(),
-        "k-subspace Lloyd: returns (bases (k, d, j), labels, cost, n_iter, history, restart).");
+        "k-subspace Lloyd: returns (bases (k, d, j), labels, cost, n_iter, history, restart, "
+        "coefficients (n, j) of each row in its subspace).");
   m.def("k_subspaces_seed", &seed_py<T>, py::arg("X").noconvert(),
         py::arg("weights").noconvert(), py::arg("n_subspaces"), py::arg("dim"), py::arg("p"),
         py::arg("seeding"), py::arg("seed"), py::arg("stream"),

@@ -319,15 +319,14 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
             # step per iteration (each still a majorize-minimize step) halved the restarts
             # again (4.4 s -> 2.2 s; final cost 170545 -> 170714, k = 3 and 5 unchanged).
             core_opts = (k, j, p, max_iter, max(tol, _CORESET_TOL), eps, _CORESET_IRLS_STEPS)
-            Vc, _, ccost, _, chist, restart = _core.k_subspaces_fit(
+            Vc, _, ccost, _, chist, restart, _ = _core.k_subspaces_fit(
                 Xc, cw, *core_opts, _SEED_CODES["dp"], n_init, core_seed, None)
             info.update(coreset_indices=idx, coreset_weights=cw, coreset_cost=ccost,
                         coreset_history=np.asarray(chist), restart=restart)
             V0 = Vc
     code = _SEED_CODES.get(seeding, 0)
-    bases, labels, cost, n_iter, hist, restart = _core.k_subspaces_fit(
+    bases, labels, cost, n_iter, hist, restart, coef = _core.k_subspaces_fit(
         X, w, *common, code, n_init, core_seed, V0)
     info.setdefault("restart", restart)
-    _, _, coef = _core.k_subspaces_assign(X, bases)
     return KSubspaces(labels, bases, float(cost), int(n_iter), np.asarray(hist, dtype=np.float64),
                       p, seeding if init_bases is None else "init_bases", info, coef)

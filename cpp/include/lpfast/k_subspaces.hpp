@@ -277,10 +277,11 @@ void assign(const Data<T>& data, const std::vector<MatD>& V, std::int64_t* label
   assign_rows(data, V, nullptr, data.n, labels, dist2, coef);
 }
 
-// Squared distance of the given rows to one basis V.
+// Squared distance of the given rows to one basis V (out[r] for rows[r]); with `coef`
+// ((n, j) row-major, indexed by row number), also their coefficients V^T x.
 template <class T>
 void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, const MatD& V,
-                  double* out) {
+                  double* out, T* coef = nullptr) {
   const std::int64_t m = static_cast<std::int64_t>(rows.size()), d = data.d;
   const RowMat<T> Vt = V.cast<T>();
   const std::int64_t j = V.cols();
@@ -307,10 +308,25 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
         for (std::int64_t t = 0; t < V.cols(); ++t)
           s += static_cast<double>(P(r - r0, t)) * P(r - r0, t);
         out[r] = std::max(data.xn2[rows[r]] - s, 0.0);
+        if (coef != nullptr) std::copy(P.row(r - r0).data(), P.row(r - r0).data() + j, coef + rows[r] * j);
       }
     });
   }
   guard.rethrow();
+}
+
+// Coefficients V_label^T x of every row ((n, j) row-major) under the given labels: one
+// product per cluster with its own basis, a k-th of a full assignment.
+template <class T>
+void coefficients(const Data<T>& data, const std::vector<MatD>& V,
+                  const std::vector<std::int64_t>& labels, T* coef) {
+  std::vector<std::vector<std::int64_t>> members(V.size());
+  for (std::int64_t i = 0; i < data.n; ++i) members[labels[i]].push_back(i);
+  std::vector<double> d2;
+  for (std::size_t c = 0; c < V.size(); ++c) {
+    d2.resize(members[c].size());
+    if (!d2.empty()) member_dist2(data, members[c], V[c], d2.data(), coef);
+  }
 }
 
 // Reusable scratch of the Gram accumulation.
