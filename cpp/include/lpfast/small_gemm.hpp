@@ -167,8 +167,6 @@ inline void small_gemm(const float* P, std::int64_t ldp, const float* Q, std::in
                           false);
 }
 
-// The lower triangle of C (d x d, row stride ldc) += Y^T Y for Y (K x d, row stride ldy)
-// row-major (entries just above the diagonal, inside the diagonal blocks, are written too).
 // C (M x N) = X[rows] Q, the listed rows of X read in place.
 inline void small_gemm_indexed(const float* X, std::int64_t ldx, const std::int64_t* rows,
                                const float* Q, std::int64_t ldq, float* C, std::int64_t ldc,
@@ -177,6 +175,9 @@ inline void small_gemm_indexed(const float* X, std::int64_t ldx, const std::int6
                           false, false);
 }
 
+// The lower triangle of C (d x d, row stride ldc) += Y^T Y for Y (K x d, row stride ldy)
+// row-major (some entries just above the diagonal, inside the diagonal blocks, are written
+// too).
 inline void small_gram_lower(const float* Y, std::int64_t ldy, float* C, std::int64_t ldc,
                              std::int64_t d, std::int64_t K) {
   detail::small_gemm_impl(detail::GramOperands{Y, ldy}, C, ldc, d, d, K, true, true);
