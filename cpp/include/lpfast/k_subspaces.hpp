@@ -8,6 +8,8 @@
 //   assign   one GEMM of X against the stacked bases B = [V_1 ... V_k] (d x k*j), in fixed
 //            chunks of rows, so every row's result is independent of the thread count;
 //            the label is the cluster with the smallest distance (ties: lowest index).
+//            After the first, distance bounds carried between iterations skip the
+//            (row, basis) pairs they rule out (Lloyd::assign_bounded), with the same labels.
 //   reseed   each empty cluster takes the next j rows of the worst-served order (largest
 //            w_i * dist_i^p, ties by lowest row) and becomes their top-j subspace;
 //   refit    p = 2: V_c = top-j eigenvectors of G_c = sum_{i in c} w_i x_i x_i^T. G_c is kept
