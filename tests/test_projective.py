@@ -200,6 +200,17 @@ def test_noncontiguous_and_not_modified():
     np.testing.assert_array_equal(r3.labels, r2.labels)
 
 
+@pytest.mark.parametrize("scale", [1e-24, 1e20])
+def test_default_eps_follows_the_scale_of_float32_data(scale):
+    # The default IRLS floor sums squares in X's dtype, where these scales underflow or
+    # overflow; it must still be sqrt(eps) times the RMS row norm.
+    X = np.random.default_rng(4).standard_normal((300, 8)).astype(np.float32)
+    Xs = (X.astype(np.float64) * scale).astype(np.float32)
+    rms = np.sqrt(np.mean(np.einsum("ij,ij->i", Xs, Xs, dtype=np.float64)))
+    r = lpfast.k_subspaces(Xs, 2, 2, 1.0, seeding="random", n_init=1, max_iter=0, seed=0)
+    assert r.fit_info["eps"] == pytest.approx(np.sqrt(np.finfo(np.float32).eps) * rms, rel=1e-5)
+
+
 # -- determinism and threads ------------------------------------------------------------------
 
 @pytest.mark.parametrize("seeding", ["coreset", "dp", "random"])

@@ -133,9 +133,13 @@ class KSubspaces:
 def _default_eps(X: np.ndarray, w: np.ndarray) -> float:
     """sqrt(machine epsilon of X's dtype) * weighted RMS row norm: lp_subspace's convention."""
     # Row norms summed in X's dtype: a floor needs no more, and a float64 sum over float32
-    # rows took 13 ms of a 30522 x 384 fit against 2.5 ms.
+    # rows took 13 ms of a 30522 x 384 fit against 2.5 ms. Squares that overflow or vanish
+    # in X's dtype are summed again in float64.
     sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
     rms = np.sqrt(float(w @ sq / w.sum()))
+    if not 0 < rms < np.inf:
+        sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+        rms = np.sqrt(float(w @ sq / w.sum()))
     return float(np.sqrt(np.finfo(X.dtype).eps) * rms) if rms > 0 else 1.0
 
 
@@ -322,13 +326,13 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
             # again (4.4 s -> 2.2 s; final cost 170545 -> 170714, k = 3 and 5 unchanged).
             core_opts = (k, j, p, max_iter, max(tol, _CORESET_TOL), eps, _CORESET_IRLS_STEPS)
             Vc, _, ccost, _, chist, restart, _ = _core.k_subspaces_fit(
-                Xc, cw, *core_opts, _SEED_CODES["dp"], n_init, core_seed, None)
+                Xc, cw, *core_opts, _SEED_CODES["dp"], n_init, core_seed, None, False)
             info.update(coreset_indices=idx, coreset_weights=cw, coreset_cost=ccost,
                         coreset_history=np.asarray(chist), restart=restart)
             V0 = Vc
     code = _SEED_CODES.get(seeding, 0)
     bases, labels, cost, n_iter, hist, restart, coef = _core.k_subspaces_fit(
-        X, w, *common, code, n_init, core_seed, V0)
+        X, w, *common, code, n_init, core_seed, V0, True)
     info.setdefault("restart", restart)
     return KSubspaces(labels, bases, float(cost), int(n_iter), np.asarray(hist, dtype=np.float64),
                       p, seeding if init_bases is None else "init_bases", info, coef)
