@@ -64,7 +64,8 @@ const double* weights_of(const CArray<double>& w, std::int64_t n) {
 template <class T>
 py::tuple fit_py(const CArray<T>& X, const CArray<double>& weights, int n_subspaces, int dim,
                  double p, int max_iter, double tol, double eps, int irls_steps, int seeding,
-                 int n_init, std::uint64_t seed, std::optional<CArray<T>> init_bases) {
+                 int n_init, std::uint64_t seed, std::optional<CArray<T>> init_bases,
+                 bool coefficients) {
   expect_ndim(X, 2, "X");
   const std::int64_t n = X.shape(0), d = X.shape(1);
   ks::Options opt;
@@ -84,8 +85,14 @@ py::tuple fit_py(const CArray<T>& X, const CArray<double>& weights, int n_subspa
   }
   const double* w = weights_of<T>(weights, n);
   const T* x = X.data();
-  CArray<T> coef({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
-  T* cf = coef.mutable_data();
+  ks::check_options(n, d, opt);  // before dim sizes an allocation
+  py::object coef = py::none();
+  T* cf = nullptr;
+  if (coefficients) {
+    CArray<T> c({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(dim)});
+    cf = c.mutable_data();
+    coef = std::move(c);
+  }
   ks::Fit f;
   {
     // Safe without the GIL: the core reads raw buffers kept alive by this frame.
@@ -93,7 +100,7 @@ py::tuple fit_py(const CArray<T>& X, const CArray<double>& weights, int n_subspa
     ks::Data<T> data(x, w, n, d);
     f = init_bases ? ks::lloyd_from(data, opt, std::move(V0))
                    : ks::fit_restarts(data, opt, how, n_init, seed);
-    ks::coefficients(data, f.V, f.labels, cf);
+    if (cf != nullptr) ks::coefficients(data, f.V, f.labels, cf);
   }
   CArray<std::int64_t> labels(static_cast<py::ssize_t>(n));
   std::copy(f.labels.begin(), f.labels.end(), labels.mutable_data());
@@ -151,9 +158,9 @@ void def_projective(py::module_& m) {
   m.def("k_subspaces_fit", &fit_py<T>, py::arg("X").noconvert(), py::arg("weights").noconvert(),
         py::arg("n_subspaces"), py::arg("dim"), py::arg("p"), py::arg("max_iter"), py::arg("tol"),
         py::arg("eps"), py::arg("irls_steps"), py::arg("seeding"), py::arg("n_init"),
-        py::arg("seed"), py::arg("init_bases").noconvert(),
+        py::arg("seed"), py::arg("init_bases").noconvert(), py::arg("coefficients"),
         "k-subspace Lloyd: returns (bases (k, d, j), labels, cost, n_iter, history, restart, "
-        "coefficients (n, j) of each row in its subspace).");
+        "coefficients (n, j) of each row in its subspace, or None unless asked for).");
   m.def("k_subspaces_seed", &seed_py<T>, py::arg("X").noconvert(),
         py::arg("weights").noconvert(), py::arg("n_subspaces"), py::arg("dim"), py::arg("p"),
         py::arg("seeding"), py::arg("seed"), py::arg("stream"),

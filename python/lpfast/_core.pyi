@@ -132,4 +132,5 @@ def k_subspaces_fit(
     n_init: int,
     seed: int,
     init_bases: Optional[npt.NDArray[np.floating]],
+    coefficients: bool,
 ) -> tuple[object, ...]: ...

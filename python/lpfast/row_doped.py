@@ -211,10 +211,11 @@ class _ProjectiveFitter:
                               seed=self.seed)
             return res.bases
         # A warm refit: the arguments are validated already; calling the kernel directly
-        # skips k_subspaces' checks and its final assignment (residuals() does one).
+        # skips k_subspaces' checks and its coefficients (residuals() assigns again).
         bases = _core.k_subspaces_fit(self.E, np.ascontiguousarray(w_fit, dtype=np.float64),
                                       self.K, rank, self.p, self.refit_iter, self.tol,
-                                      self.eps, 3, 0, 1, 0, np.ascontiguousarray(init))[0]
+                                      self.eps, 3, 0, 1, 0, np.ascontiguousarray(init),
+                                      False)[0]
         return np.asarray(bases)
 
     @staticmethod

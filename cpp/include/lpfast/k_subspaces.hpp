@@ -571,7 +571,7 @@ inline MatD dense_top_eigenvectors(const MatD& Gf, int j) {
 
 // Top-j eigenvectors of the symmetric G (lower triangle referenced), warm-started at V0, for
 // data of type T (float: the dense fallback reduces in float, and the Krylov steps stop at
-// that solver's accuracy).
+// 1e-6 relative residual, about the float rounding of the Grams themselves).
 // Block Krylov steps with Rayleigh-Ritz on span[V, R, G R] cost about a third of the dense
 // solver below (d = 384, j = 32); the loop gives up for the dense solver as soon as the
 // observed residual decay says the budget of kMaxKrylov steps will not do.
