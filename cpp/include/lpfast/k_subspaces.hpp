@@ -317,13 +317,21 @@ void member_dist2(const Data<T>& data, const std::vector<std::int64_t>& rows, co
   guard.rethrow();
 }
 
+// The rows of each of the k clusters, in increasing order.
+inline std::vector<std::vector<std::int64_t>> members_by_label(
+    const std::vector<std::int64_t>& labels, int k) {
+  std::vector<std::vector<std::int64_t>> members(k);
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    members[labels[i]].push_back(static_cast<std::int64_t>(i));
+  return members;
+}
+
 // Coefficients V_label^T x of every row ((n, j) row-major) under the given labels: one
 // product per cluster with its own basis, a k-th of a full assignment.
 template <class T>
 void coefficients(const Data<T>& data, const std::vector<MatD>& V,
                   const std::vector<std::int64_t>& labels, T* coef) {
-  std::vector<std::vector<std::int64_t>> members(V.size());
-  for (std::int64_t i = 0; i < data.n; ++i) members[labels[i]].push_back(i);
+  const auto members = members_by_label(labels, static_cast<int>(V.size()));
   std::vector<double> d2;
   for (std::size_t c = 0; c < V.size(); ++c) {
     d2.resize(members[c].size());
@@ -856,7 +864,7 @@ class Lloyd {
       const double l = lower_[i * k + c];
       return l > 0 && upper_[i] * upper_[i] + 2.0 * eta * data_.xn2[i] < l * l;
     };
-    std::vector<std::vector<std::int64_t>> members(k);
+    const auto members = members_by_label(f.labels, k);
     std::int64_t pairs = 0;  // (row, other basis) pairs the loosened bounds leave open
     for (std::int64_t i = 0; i < n; ++i) {
       const double xnorm = std::sqrt(data_.xn2[i]);
@@ -864,7 +872,6 @@ class Lloyd {
       upper_[i] += move[a] * xnorm;
       for (int c = 0; c < k; ++c) lower_[i * k + c] -= move[c] * xnorm;
       for (int c = 0; c < k; ++c) pairs += c != a && !clears(i, c);
-      members[a].push_back(i);
     }
 #ifdef LPFAST_KS_PROFILE
     std::fprintf(stderr, "open pairs %lld of %lld\n", static_cast<long long>(pairs),
@@ -930,10 +937,8 @@ class Lloyd {
   }
 
   void refit(Fit& f) {
-    const std::int64_t n = data_.n;
     const int k = opt_.k;
-    std::vector<std::vector<std::int64_t>> members(k);
-    for (std::int64_t i = 0; i < n; ++i) members[f.labels[i]].push_back(i);
+    const auto members = members_by_label(f.labels, k);
     std::vector<int> empty;
     for (int c = 0; c < k; ++c)
       if (members[c].empty()) empty.push_back(c);
