@@ -240,8 +240,7 @@ void assign_rows(const Data<T>& data, const std::vector<MatD>& V, const std::int
       } else {
         const T* Xc = data.row(r0);
         if (rows != nullptr) {
-          for (std::int64_t r = 0; r < cnt; ++r)
-            std::copy(data.row(rows[r0 + r]), data.row(rows[r0 + r]) + d, Xg.row(r).data());
+          gather_rows(data.X, d, rows + r0, cnt, d, Xg.data());
           Xc = Xg.data();
         }
         for (int c = 0; c < k; ++c)

@@ -225,6 +225,14 @@ void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T
     c.noalias() = p * q;
 }
 
+// Copies the m rows of X (row stride ldx) listed in `rows` into `out` (m x K, contiguous).
+template <class T>
+void gather_rows(const T* X, std::int64_t ldx, const std::int64_t* rows, std::int64_t m,
+                 std::int64_t K, T* out) {
+  for (std::int64_t r = 0; r < m; ++r)
+    std::copy(X + rows[r] * ldx, X + rows[r] * ldx + K, out + r * K);
+}
+
 // C (m x N) = X[rows] Q for the m rows of X (row stride ldx) listed in `rows`: small_gemm
 // reads them in place (the copies were 5% of a p = 1 k-subspaces profile); for Eigen they are
 // first copied into `scratch` (m x K).
@@ -240,8 +248,7 @@ void rowmajor_gemm_indexed(const T* X, std::int64_t ldx, const std::int64_t* row
     }
   }
 #endif
-  for (std::int64_t r = 0; r < m; ++r)
-    std::copy(X + rows[r] * ldx, X + rows[r] * ldx + K, scratch + r * K);
+  gather_rows(X, ldx, rows, m, K, scratch);
   rowmajor_gemm(scratch, K, Q, ldq, C, ldc, m, N, K, false);
 }
 
