@@ -13,7 +13,8 @@ from .kron import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kroneck
 from .lewis import lewis_sample, lewis_weights
 from .planner import Plan, plan_compression
 from .projective import KSubspaces, k_subspaces
-from .row_doped import RowDoped, row_doped_fit, usage_weights
+from .row_doped import RowDoped, row_doped_fit
+from .usage import usage_weights
 from .subspace import LpSubspace, lp_subspace, subspace_cost
 
 __version__ = "0.1.0"

@@ -19,9 +19,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ._validate import as_float, as_int
-from .row_doped import (RowDoped, _as_matrix, _as_row_weights, _build, _check_fractions,
-                        _Effort, _extender, _history, _kind, _make_fitter, _max_rank, _min_budget,
-                        _rank_cap, _rounds, _search, _splits, n_params_formula)
+from ._row_doping import (_as_matrix, _as_row_weights, _build, _check_fractions,
+                          _Effort, _extender, _history, _kind, _make_fitter, _max_rank,
+                          _min_budget,
+                          _rank_cap, _rounds, _search, _splits, n_params_formula)
+from .row_doped import RowDoped
 
 __all__ = ["Plan", "plan_compression"]
 
