@@ -13,17 +13,12 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
            "(or `pip install \"lpfast[torch]\"`); the rest of lpfast works without it")
     raise ImportError(msg) from e
 
+from .annealing import DensitySchedule, SparsityAnnealer
 from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
-from .layers import (
-    DensitySchedule,
-    DopedKroneckerLinear,
-    LowRankEmbedding,
-    LowRankLinear,
-    ProjectiveEmbedding,
-    SparsityAnnealer,
-    co_matrix_dropout,
-)
+from .kron import DopedKroneckerLinear, co_matrix_dropout
+from .lowrank import LowRankEmbedding, LowRankLinear
 from .ops import doped_kp_matmul
+from .projective import ProjectiveEmbedding
 from .row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = [

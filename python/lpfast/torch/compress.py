@@ -42,7 +42,9 @@ import torch
 from torch import nn
 
 from .._validate import as_float, as_int
-from .layers import DopedKroneckerLinear, LowRankEmbedding, LowRankLinear, ProjectiveEmbedding
+from .kron import DopedKroneckerLinear
+from .lowrank import LowRankEmbedding, LowRankLinear
+from .projective import ProjectiveEmbedding
 from .row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = ["METHODS", "CompressionReport", "LayerReport", "compress", "parse_rule",

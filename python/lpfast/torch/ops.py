@@ -14,7 +14,7 @@ Projective lookup: ``out[..., :] = coef[ids] @ bases[labels[ids]]`` for coeffici
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ from torch import Tensor
 
 from .. import _core
 from .._validate import as_csr
+from ._checks import FLOATS, check_cpu_tensor
+from ._eager import plain_inference
 
 __all__ = ["doped_kp_matmul", "projective_lookup"]
 
@@ -152,22 +154,13 @@ def doped_kp_matmul(x: Tensor, A: Tensor, B: Tensor, S_values: Optional[Tensor] 
                                             S_col_indices, S_values, bias)
 
 
-def _check_cpu_tensor(name: str, t: Any) -> None:
-    if not isinstance(t, Tensor):
-        msg = f"{name}: expected a torch.Tensor, got {type(t).__name__}"
-        raise TypeError(msg)
-    if t.device.type != "cpu":
-        msg = f"{name}: lpfast kernels run on CPU tensors, got device {t.device}"
-        raise ValueError(msg)
-
-
 def _check(x, A, B, values, crow, col, bias, pattern: bool = True) -> None:
     tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
     for name, t in tensors.items():
         if t is None:
             continue
-        _check_cpu_tensor(name, t)
-        if t.dtype != x.dtype or t.dtype not in (torch.float32, torch.float64):
+        check_cpu_tensor(name, t)
+        if t.dtype != x.dtype or t.dtype not in FLOATS:
             msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
             raise TypeError(msg)
     if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0]:
@@ -289,7 +282,7 @@ def projective_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
         _check_lookup(ids, coef, bases, labels, padding_idx)
     if ids.dtype != torch.int64:
         ids = ids.long()
-    if _plain_inference(ids, coef, bases, labels):
+    if plain_inference(ids, coef, bases, labels):
         # Eager inference calls the kernel directly: the dispatcher and autograd wrapper of
         # a Python custom op cost ~12 us per call, 8% of a 128-token lookup at d = 768.
         return _lookup_kernel(ids, coef, bases, labels)
@@ -298,28 +291,16 @@ def projective_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
                                               labels.contiguous(), pad)
 
 
-def _plain_inference(*tensors: Tensor) -> bool:
-    """No gradient wanted, plain CPU tensors, no tracing or functorch transform: the op's
-    registration (fake, autograd) would do nothing but cost time."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    # Tracers (torch.jit.trace, ONNX export) would record the NumPy round trip as a constant.
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active()):
-        return False
-    return all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
-
-
 def _check_lookup(ids, coef, bases, labels, padding_idx) -> None:
     for name, t in (("ids", ids), ("coef", coef), ("bases", bases), ("labels", labels)):
-        _check_cpu_tensor(name, t)
+        check_cpu_tensor(name, t)
     if ids.dtype not in (torch.int32, torch.int64):
         msg = f"ids: expected int32 or int64 indices, got {ids.dtype}"
         raise TypeError(msg)
     if labels.dtype != torch.int64:
         msg = f"labels: expected int64, got {labels.dtype}"
         raise TypeError(msg)
-    if coef.dtype not in (torch.float32, torch.float64) or bases.dtype != coef.dtype:
+    if coef.dtype not in FLOATS or bases.dtype != coef.dtype:
         msg = f"coef, bases: expected one dtype, float32 or float64, got {coef.dtype} and {bases.dtype}"
         raise TypeError(msg)
     if coef.dim() != 2 or bases.dim() != 3 or bases.shape[1] != coef.shape[1]:

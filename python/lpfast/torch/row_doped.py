@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validate import as_float, as_int
-from .layers import (_check_embedding, _check_indices, _check_input, _device, _dtype, _module,
-                     _padding)
+from ._checks import (check_embedding, check_indices, check_input, check_module, compression_ratio,
+                      embedding_shape, layer_dtype)
 from .ops import projective_lookup
 
 if TYPE_CHECKING:
@@ -68,8 +68,7 @@ class _RowDopedBase(nn.Module):
         if method == "svd" and self.p != 2.0:
             msg = f"p: method 'svd' is the p = 2 fit, got p={self.p}"
             raise ValueError(msg)
-        dtype = _dtype(dtype)
-        _device(device)
+        dtype = layer_dtype(dtype, device)
         self._table_shape = (n, d)
         R = as_int(n_exact, "n_exact", low=0, high=n - 1)
         m = n - R
@@ -275,11 +274,7 @@ def _fit_budget(n: int, d: int, budget: Any, ratio: Any) -> int:
         raise ValueError(msg)
     if budget is not None:
         return as_int(budget, "budget", low=1)
-    ratio = as_float(ratio, "ratio")
-    if not ratio > 1:
-        msg = f"ratio: expected a compression ratio > 1, got {ratio}"
-        raise ValueError(msg)
-    return int(math.floor(n * d / ratio))
+    return int(math.floor(n * d / compression_ratio(ratio)))
 
 
 class RowDopedEmbedding(_RowDopedBase):
@@ -336,9 +331,8 @@ class RowDopedEmbedding(_RowDopedBase):
                  p: Optional[float] = None, padding_idx: Optional[int] = None,
                  dtype: Optional[torch.dtype] = None, device: Any = None):
         super().__init__()
-        self.num_embeddings = as_int(num_embeddings, "num_embeddings", low=2)
-        self.embedding_dim = as_int(embedding_dim, "embedding_dim", low=1)
-        self.padding_idx = _padding(padding_idx, self.num_embeddings)
+        self.num_embeddings, self.embedding_dim, self.padding_idx = embedding_shape(
+            num_embeddings, embedding_dim, padding_idx, min_rows=2)
         self._init_storage(self.num_embeddings, self.embedding_dim, rank, n_exact, method,
                            n_subspaces, p, dtype, device)
 
@@ -354,7 +348,7 @@ class RowDopedEmbedding(_RowDopedBase):
 
     def forward(self, x: Tensor) -> Tensor:
         """Indices ``x`` (int32/int64, any shape (...)) -> (..., embedding_dim)."""
-        _check_indices(x, self.num_embeddings)
+        check_indices(x)
         if x.device.type != "cpu":
             msg = f"input: lpfast layers run on CPU, got device {x.device}"
             raise ValueError(msg)
@@ -447,7 +441,7 @@ class RowDopedEmbedding(_RowDopedBase):
         RowDopedEmbedding with ``padding_idx`` kept and ``fit_info`` (the ``RowDoped``);
         ``layer.n_params <= budget``.
         """
-        _check_embedding(emb)
+        check_embedding(emb)
         from ..row_doped import row_doped_fit
 
         n, d = emb.weight.shape
@@ -505,7 +499,7 @@ class RowDopedLinear(_RowDopedBase):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in_features) -> (..., out_features)."""
-        _check_input(x, self.in_features, self.exact_rows.dtype)
+        check_input(x, self.in_features, self.exact_rows.dtype)
         n, d = self.out_features, self.in_features
         lead = x.shape[:-1]
         R = self.n_exact
@@ -624,7 +618,7 @@ class RowDopedLinear(_RowDopedBase):
         RowDopedLinear with ``fit_info`` (the ``RowDoped``);
         ``layer.n_params <= budget + out_features`` (with a bias).
         """
-        _module(linear, nn.Linear, "linear")
+        check_module(linear, nn.Linear, "linear")
         from ..row_doped import row_doped_fit
 
         n, d = linear.weight.shape
