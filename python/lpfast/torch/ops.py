@@ -43,9 +43,10 @@ def _forward(x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor], col: Optio
     m, n = _shape(A, B)
     rows = _np(x).reshape(-1, n)
     out = torch.empty((rows.shape[0], m), dtype=x.dtype)
-    csr = (None, None, None) if values is None else (_np(crow), _np(col), _np(values))
-    _core.doped_kron_matmul(rows, _np(A), _np(B), *csr, None if bias is None else _np(bias),
-                            out.numpy())
+    indptr, indices, data = (None, None, None) if values is None else (_np(crow), _np(col),
+                                                                         _np(values))
+    _core.doped_kron_matmul(x=rows, A=_np(A), B=_np(B), indptr=indptr, indices=indices,
+                            data=data, bias=None if bias is None else _np(bias), out=out.numpy())
     return out.reshape(*x.shape[:-1], m)
 
 
@@ -68,18 +69,22 @@ def _backward(dy: Tensor, x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor
         # dx = dy @ W: the same kernel on the transposed operator kron(A.T, B.T) + S.T.
         At = _np(A.transpose(1, 2))
         Bt = _np(B.transpose(1, 2))
-        csr_t = (None, None, None)
+        indptr_t = indices_t = data_t = None
         if values is not None:
             import scipy.sparse as sp
 
             S_t = sp.csr_array((_np(values), _np(col), _np(crow)), shape=(m, n)).T.tocsr()
             itype = _np(crow).dtype
-            csr_t = (S_t.indptr.astype(itype), S_t.indices.astype(itype), S_t.data)
-        _core.doped_kron_matmul(dy_rows, At, Bt, *csr_t, None, dx.numpy().reshape(-1, n))
+            indptr_t, indices_t, data_t = (S_t.indptr.astype(itype), S_t.indices.astype(itype),
+                                           S_t.data)
+        _core.doped_kron_matmul(x=dy_rows, A=At, B=Bt, indptr=indptr_t, indices=indices_t,
+                                data=data_t, bias=None, out=dx.numpy().reshape(-1, n))
     if need_factors:
-        _core.kron_factor_grads(x_rows, dy_rows, _np(A), _np(B), dA.numpy(), dB.numpy())
+        _core.kron_factor_grads(x=x_rows, dy=dy_rows, A=_np(A), B=_np(B), dA=dA.numpy(),
+                                dB=dB.numpy())
     if need_values and values is not None:
-        _core.csr_sampled_product(dy_rows, x_rows, _np(crow), _np(col), dv.numpy())
+        _core.csr_sampled_product(dy=dy_rows, x=x_rows, indptr=_np(crow), indices=_np(col),
+                                  out=dv.numpy())
     return dx, dA, dB, dv
 
 
@@ -199,7 +204,8 @@ def _lookup_kernel(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor) -> 
     d = bases.shape[2]
     flat = _np(ids).reshape(-1)
     out = torch.empty((flat.shape[0], d), dtype=coef.dtype)
-    _core.projective_lookup(_np(coef), _np(labels), _np(bases), flat, out.numpy())
+    _core.projective_lookup(coef=_np(coef), labels=_np(labels), bases=_np(bases), ids=flat,
+                            out=out.numpy())
     return out.reshape(*ids.shape, d)
 
 
@@ -223,9 +229,10 @@ def _lookup_backward(grad: Tensor, ids: Tensor, coef: Tensor, bases: Tensor, lab
     dbases = torch.empty(bases.shape if need_bases else (0,), dtype=bases.dtype)
     if need_coef or need_bases:
         _core.projective_lookup_backward(
-            _np(coef), _np(labels), _np(bases), _np(ids).reshape(-1), _np(grad).reshape(-1, d),
-            padding_idx, dcoef.numpy() if need_coef else None,
-            dbases.numpy() if need_bases else None)
+            coef=_np(coef), labels=_np(labels), bases=_np(bases), ids=_np(ids).reshape(-1),
+            grad=_np(grad).reshape(-1, d), padding_idx=padding_idx,
+            dcoef=dcoef.numpy() if need_coef else None,
+            dbases=dbases.numpy() if need_bases else None)
     return dcoef, dbases
 
 
