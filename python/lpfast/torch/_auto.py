@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import compression_ratio
 from ._registry import PROGRESS
 from ._rules import sequence, spec_keys, too_small, weight_budget
 from .lowrank import LowRankEmbedding, LowRankLinear
@@ -195,9 +196,7 @@ def _sweep_budgets(name: str, module: nn.Module, spec: Mapping[str, Any]) -> lis
     budgets = []
     if spec.get("sweep") is not None:
         for r in sequence(name, "sweep", spec["sweep"], float):
-            if not r > 1:
-                msg = f"rules[{name!r}]['sweep']: expected compression ratios > 1, got {r}"
-                raise ValueError(msg)
+            r = compression_ratio(r, f"rules[{name!r}]['sweep']")
             b = math.floor(weight_budget(name, module, {"ratio": r}))
             if b < 1 or r == spec["ratio"]:
                 continue

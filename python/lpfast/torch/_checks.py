@@ -13,15 +13,17 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .._validate import as_float, as_int
+from .._validate import as_csr, as_float, as_int
 
 __all__ = [
     "FLOATS",
     "RatioTooSmall",
     "check_cpu_tensor",
+    "check_doped_matmul",
     "check_embedding",
     "check_indices",
     "check_input",
+    "check_lookup",
     "check_module",
     "compression_ratio",
     "embedding_shape",
@@ -145,3 +147,76 @@ def compression_ratio(value: Any, name: str = "ratio") -> float:
         msg = f"{name}: expected a compression ratio > 1, got {ratio}"
         raise ValueError(msg)
     return ratio
+
+
+# -- the custom ops' operands ----------------------------------------------------------------
+
+def check_doped_matmul(x: Tensor, A: Tensor, B: Tensor, values: Optional[Tensor],
+                       crow: Optional[Tensor], col: Optional[Tensor], bias: Optional[Tensor],
+                       pattern: bool = True) -> None:
+    """The operands of ``doped_kp_matmul`` (A, B already 3-d): CPU tensors of one float
+    dtype, matching shapes, S given whole; with ``pattern`` also S's CSR pattern (O(nnz),
+    through :func:`lpfast._validate.as_csr`), else only its array shapes (traced tensors
+    hold no data)."""
+    tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        check_cpu_tensor(name, t)
+        if t.dtype != x.dtype or t.dtype not in FLOATS:
+            msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
+            raise TypeError(msg)
+    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0]:
+        msg = f"A, B: expected (R, m1, n1) and (R, m2, n2) with the same R, got {tuple(A.shape)} and {tuple(B.shape)}"
+        raise ValueError(msg)
+    m, n = A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
+    if x.dim() == 0 or x.shape[-1] != n:
+        msg = f"x: expected shape (..., {n}), got {tuple(x.shape)}"
+        raise ValueError(msg)
+    if bias is not None and tuple(bias.shape) != (m,):
+        msg = f"bias: expected shape ({m},), got {tuple(bias.shape)}"
+        raise ValueError(msg)
+    given = [t is not None for t in (values, crow, col)]
+    if any(given) and not all(given):
+        msg = "S_values, S_crow_indices, S_col_indices: give all three or none"
+        raise ValueError(msg)
+    if all(given):
+        if not all(isinstance(t, Tensor) for t in (crow, col)):
+            msg = "S_crow_indices, S_col_indices: expected torch.Tensors"
+            raise TypeError(msg)
+        if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
+            msg = f"S_crow_indices, S_col_indices: expected one of int32/int64, got {crow.dtype} and {col.dtype}"
+            raise TypeError(msg)
+        if pattern:
+            arrays = tuple(t.detach().contiguous().numpy() for t in (crow, col, values))
+            as_csr(arrays, "S", (m, n), arrays[2].dtype, check_finite=False)
+        elif crow.dim() != 1 or crow.shape[0] != m + 1 or col.shape != values.shape:
+            msg = (f"S: expected crow_indices of shape ({m + 1},) and col_indices of the "
+                   f"values' shape {tuple(values.shape)}")
+            raise ValueError(msg)
+
+
+def check_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
+                 padding_idx: Optional[int]) -> None:
+    """The operands of ``projective_lookup``: CPU tensors, int ids, int64 labels, coef
+    (n, j) and bases (k, j, d) of one float dtype, padding_idx in [0, n); O(1)."""
+    for name, t in (("ids", ids), ("coef", coef), ("bases", bases), ("labels", labels)):
+        check_cpu_tensor(name, t)
+    if ids.dtype not in (torch.int32, torch.int64):
+        msg = f"ids: expected int32 or int64 indices, got {ids.dtype}"
+        raise TypeError(msg)
+    if labels.dtype != torch.int64:
+        msg = f"labels: expected int64, got {labels.dtype}"
+        raise TypeError(msg)
+    if coef.dtype not in FLOATS or bases.dtype != coef.dtype:
+        msg = f"coef, bases: expected one dtype, float32 or float64, got {coef.dtype} and {bases.dtype}"
+        raise TypeError(msg)
+    if coef.dim() != 2 or bases.dim() != 3 or bases.shape[1] != coef.shape[1]:
+        msg = f"coef, bases: expected (n, j) and (k, j, d), got {tuple(coef.shape)} and {tuple(bases.shape)}"
+        raise ValueError(msg)
+    if tuple(labels.shape) != (coef.shape[0],):
+        msg = f"labels: expected shape ({coef.shape[0]},), got {tuple(labels.shape)}"
+        raise ValueError(msg)
+    if padding_idx is not None and not 0 <= int(padding_idx) < coef.shape[0]:
+        msg = f"padding_idx: expected an index in [0, {coef.shape[0]}), got {padding_idx}"
+        raise ValueError(msg)

@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import _core
-from .._validate import as_csr
-from ._checks import FLOATS, check_cpu_tensor
+from ._checks import check_doped_matmul, check_lookup
 from ._eager import plain_inference
 
 __all__ = ["doped_kp_matmul", "projective_lookup"]
@@ -153,49 +152,10 @@ def doped_kp_matmul(x: Tensor, A: Tensor, B: Tensor, S_values: Optional[Tensor] 
     if B.dim() == 2:
         B = B.unsqueeze(0)
     if check:
-        _check(x, A, B, S_values, S_crow_indices, S_col_indices, bias,
+        check_doped_matmul(x, A, B, S_values, S_crow_indices, S_col_indices, bias,
                pattern=not torch.compiler.is_compiling())
     return torch.ops.lpfast.doped_kp_matmul(x, A.contiguous(), B.contiguous(), S_crow_indices,
                                             S_col_indices, S_values, bias)
-
-
-def _check(x, A, B, values, crow, col, bias, pattern: bool = True) -> None:
-    tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        check_cpu_tensor(name, t)
-        if t.dtype != x.dtype or t.dtype not in FLOATS:
-            msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
-            raise TypeError(msg)
-    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0]:
-        msg = f"A, B: expected (R, m1, n1) and (R, m2, n2) with the same R, got {tuple(A.shape)} and {tuple(B.shape)}"
-        raise ValueError(msg)
-    m, n = _shape(A, B)
-    if x.dim() == 0 or x.shape[-1] != n:
-        msg = f"x: expected shape (..., {n}), got {tuple(x.shape)}"
-        raise ValueError(msg)
-    if bias is not None and tuple(bias.shape) != (m,):
-        msg = f"bias: expected shape ({m},), got {tuple(bias.shape)}"
-        raise ValueError(msg)
-    given = [t is not None for t in (values, crow, col)]
-    if any(given) and not all(given):
-        msg = "S_values, S_crow_indices, S_col_indices: give all three or none"
-        raise ValueError(msg)
-    if all(given):
-        if not all(isinstance(t, Tensor) for t in (crow, col)):
-            msg = "S_crow_indices, S_col_indices: expected torch.Tensors"
-            raise TypeError(msg)
-        if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
-            msg = f"S_crow_indices, S_col_indices: expected one of int32/int64, got {crow.dtype} and {col.dtype}"
-            raise TypeError(msg)
-        if pattern:
-            as_csr((_np(crow), _np(col), _np(values)), "S", (m, n), _np(values).dtype,
-                   check_finite=False)
-        elif crow.dim() != 1 or crow.shape[0] != m + 1 or col.shape != values.shape:
-            msg = (f"S: expected crow_indices of shape ({m + 1},) and col_indices of the "
-                   f"values' shape {tuple(values.shape)}")
-            raise ValueError(msg)
 
 
 # -- projective embedding lookup ------------------------------------------------------------
@@ -286,7 +246,7 @@ def projective_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
     ``nn.Embedding(n, j)`` + ``nn.Linear(j, d)``; about twice that for the backward.
     """
     if check:
-        _check_lookup(ids, coef, bases, labels, padding_idx)
+        check_lookup(ids, coef, bases, labels, padding_idx)
     if ids.dtype != torch.int64:
         ids = ids.long()
     if plain_inference(ids, coef, bases, labels):
@@ -296,26 +256,3 @@ def projective_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
     pad = -1 if padding_idx is None else int(padding_idx)
     return torch.ops.lpfast.projective_lookup(ids, coef.contiguous(), bases.contiguous(),
                                               labels.contiguous(), pad)
-
-
-def _check_lookup(ids, coef, bases, labels, padding_idx) -> None:
-    for name, t in (("ids", ids), ("coef", coef), ("bases", bases), ("labels", labels)):
-        check_cpu_tensor(name, t)
-    if ids.dtype not in (torch.int32, torch.int64):
-        msg = f"ids: expected int32 or int64 indices, got {ids.dtype}"
-        raise TypeError(msg)
-    if labels.dtype != torch.int64:
-        msg = f"labels: expected int64, got {labels.dtype}"
-        raise TypeError(msg)
-    if coef.dtype not in FLOATS or bases.dtype != coef.dtype:
-        msg = f"coef, bases: expected one dtype, float32 or float64, got {coef.dtype} and {bases.dtype}"
-        raise TypeError(msg)
-    if coef.dim() != 2 or bases.dim() != 3 or bases.shape[1] != coef.shape[1]:
-        msg = f"coef, bases: expected (n, j) and (k, j, d), got {tuple(coef.shape)} and {tuple(bases.shape)}"
-        raise ValueError(msg)
-    if tuple(labels.shape) != (coef.shape[0],):
-        msg = f"labels: expected shape ({coef.shape[0]},), got {tuple(labels.shape)}"
-        raise ValueError(msg)
-    if padding_idx is not None and not 0 <= int(padding_idx) < coef.shape[0]:
-        msg = f"padding_idx: expected an index in [0, {coef.shape[0]}), got {padding_idx}"
-        raise ValueError(msg)
