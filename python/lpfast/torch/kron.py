@@ -394,7 +394,8 @@ class DopedKroneckerLinear(nn.Module):
         self.A.copy_(torch.from_numpy(np.array(op.A)))
         self.B.copy_(torch.from_numpy(np.array(op.B)))
         if op.nnz:
-            indptr, indices, data = (np.asarray(a) for a in op._S)
+            S = op.S  # a csr_array over the operator's own buffers
+            indptr, indices, data = S.indptr, S.indices, S.data
             rows = np.repeat(np.arange(self.out_features), np.diff(indptr))
             flat = torch.from_numpy(rows.astype(np.int64) * self.in_features + indices)
             crow, col = self._csr_from_flat(flat)
