@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import plan_compression, usage_weights
 from ._checks import compression_ratio
 from ._registry import PROGRESS
 from ._rules import sequence, spec_keys, too_small, weight_budget
@@ -59,8 +60,6 @@ def _load_vector(name: str, key: str, value: Any) -> np.ndarray:
 
 
 def _auto_weights(name: str, spec: Mapping[str, Any], n: int) -> Optional[np.ndarray]:
-    from ..row_doped import usage_weights
-
     if "counts" in spec and "weights" in spec:
         msg = f"rules[{name!r}]: give 'counts' or 'weights', not both"
         raise ValueError(msg)
@@ -207,8 +206,6 @@ def _sweep_budgets(name: str, module: nn.Module, spec: Mapping[str, Any]) -> lis
 def _planner(name: str, E: torch.Tensor, kw: dict[str, Any]) -> Callable[[int], Any]:
     """``fit(budget) -> Plan`` of E at exactly ``budget`` numbers, reporting each candidate
     to the running compress call's progress; errors name the rule."""
-    from ..planner import plan_compression
-
     n, d = E.shape
     progress = PROGRESS.get()
 

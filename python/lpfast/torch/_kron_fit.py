@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import doped_kp_fit
 from ._checks import RatioTooSmall
 
 __all__ = ["factor_candidates", "fit_doped_kron"]
@@ -73,8 +74,6 @@ def fit_doped_kron(W: np.ndarray, cands: list[tuple[Shape2, Shape2]], rank: int,
 
     Cost: one ``doped_kp_fit`` per pair, O(n_iter * m * n * rank) each.
     """
-    from ..kron import doped_kp_fit
-
     m, n = W.shape
     tried, best = [], None
     for a, b in cands:

@@ -7,19 +7,17 @@ adopts the stored sizes after checking them. See ``row_doped.py`` for the layout
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import RowDoped, row_doped_fit
 from .._validate import as_float, as_int
 from ._checks import compression_ratio, layer_dtype
 from .ops import projective_lookup
-
-if TYPE_CHECKING:
-    from ..row_doped import RowDoped
 
 __all__ = ["RowDopedBase", "fit_budget"]
 
@@ -153,8 +151,6 @@ class RowDopedBase(nn.Module):
         """The current (possibly trained) state as an :class:`lpfast.RowDoped` of the
         (n, d) table / (out, in) weight; ``error`` and ``cost`` are NaN (not re-measured),
         the bias of a Linear is not included."""
-        from ..row_doped import RowDoped
-
         arrays = {name: _to_numpy(getattr(self, name)) for name in self._kind_names}
         info = getattr(self, "fit_info", None)
         return RowDoped(method=self.method, p=self.p, shape=self._n_d(), rank=self.rank,
@@ -163,8 +159,6 @@ class RowDopedBase(nn.Module):
 
     @staticmethod
     def _as_result(result: Any) -> RowDoped:
-        from ..row_doped import RowDoped
-
         if isinstance(result, dict):
             return RowDoped.from_dict(result)
         if not isinstance(result, RowDoped):
@@ -185,8 +179,6 @@ class RowDopedBase(nn.Module):
     def _fit(weight: Tensor, method: str, budget: Any, ratio: Any, weights: Any,
              fit: dict[str, Any]) -> RowDoped:
         """:func:`lpfast.row_doped_fit` of an (n, d) weight at ``budget`` or ``ratio``."""
-        from ..row_doped import row_doped_fit
-
         n, d = weight.shape
         budget = fit_budget(n, d, budget, ratio)
         return row_doped_fit(weight.detach(), method, budget, weights=weights, **fit)

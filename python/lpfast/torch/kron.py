@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import DopedKronecker
 from .._validate import as_float, as_int, as_shape2
 from ._checks import check_input, check_module, compression_ratio, layer_dtype
 from ._kron_fit import factor_candidates, fit_doped_kron
@@ -254,8 +255,6 @@ class DopedKroneckerLinear(nn.Module):
 
     def to_operator(self, check_finite: bool = True):
         """The layer as an immutable ``lpfast.DopedKronecker`` (masked entries dropped)."""
-        from ..kron import DopedKronecker
-
         S = None
         if self.nnz:
             keep = slice(None) if self.S_mask is None else self.S_mask.bool()

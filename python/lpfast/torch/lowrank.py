@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import lp_subspace
 from .._validate import as_float, as_int
 from ._checks import (check_embedding, check_indices, check_input, check_module, embedding_shape,
                       layer_dtype)
@@ -23,8 +24,6 @@ __all__ = ["LowRankEmbedding", "LowRankLinear"]
 
 
 def _lp_factors(E: Tensor, rank: int, p: float, **fit: Any) -> tuple[Tensor, Tensor, Any]:
-    from ..subspace import lp_subspace
-
     p = as_float(p, "p", low=1.0)
     high = min(E.shape)
     rank = as_int(rank, "rank", low=1, high=high)

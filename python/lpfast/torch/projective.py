@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import k_subspaces
 from .._validate import as_int
 from ._checks import check_embedding, check_indices, embedding_shape, layer_dtype
 from .ops import projective_lookup
@@ -95,8 +96,6 @@ class ProjectiveEmbedding(nn.Module):
         ``fit_info`` (the ``KSubspaces`` result).
         """
         check_embedding(emb)
-        from ..projective import k_subspaces
-
         res = k_subspaces(emb.weight.detach().numpy(), n_subspaces, dim, p, **fit)
         k, d, j = res.bases.shape
         layer = cls(emb.num_embeddings, emb.embedding_dim, k, j, emb.padding_idx,
