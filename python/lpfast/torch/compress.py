@@ -38,11 +38,11 @@ import torch
 from torch import nn
 
 from . import _auto, _methods
-from ._registry import METHODS, PROGRESS, Method, register_method
+from ._registry import METHODS, PROGRESS, Method, register_method  # noqa: F401 (Method: the old path)
 from ._rules import Rules, n_params, normalize_rules, parse_rule
 from .report import CompressionReport, LayerReport, n_indices, relative_error
 
-__all__ = ["METHODS", "CompressionReport", "LayerReport", "Method", "compress", "parse_rule",
+__all__ = ["METHODS", "CompressionReport", "LayerReport", "compress", "parse_rule",
            "register_method"]
 
 register_method("lowrank", _methods.lowrank)
