@@ -112,14 +112,14 @@ def check_input(x: Any, features: int, dtype: torch.dtype) -> None:
         raise ValueError(msg)
 
 
-def check_indices(x: Any) -> None:
+def check_indices(x: Any, name: str = "input") -> None:
     """An embedding's input: a tensor of int32/int64 indices (their range is checked where
     they are read, in C++ or by torch's own embedding)."""
     if not isinstance(x, Tensor):
-        msg = f"input: expected a torch.Tensor of indices, got {type(x).__name__}"
+        msg = f"{name}: expected a torch.Tensor of indices, got {type(x).__name__}"
         raise TypeError(msg)
     if x.dtype not in (torch.int32, torch.int64):
-        msg = f"input: expected int32 or int64 indices, got {x.dtype}"
+        msg = f"{name}: expected int32 or int64 indices, got {x.dtype}"
         raise TypeError(msg)
 
 
@@ -202,9 +202,7 @@ def check_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
     (n, j) and bases (k, j, d) of one float dtype, padding_idx in [0, n); O(1)."""
     for name, t in (("ids", ids), ("coef", coef), ("bases", bases), ("labels", labels)):
         check_cpu_tensor(name, t)
-    if ids.dtype not in (torch.int32, torch.int64):
-        msg = f"ids: expected int32 or int64 indices, got {ids.dtype}"
-        raise TypeError(msg)
+    check_indices(ids, "ids")
     if labels.dtype != torch.int64:
         msg = f"labels: expected int64, got {labels.dtype}"
         raise TypeError(msg)
