@@ -13,6 +13,7 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
            "(or `pip install \"lpfast[torch]\"`); the rest of lpfast works without it")
     raise ImportError(msg) from e
 
+from .calibrate import Calibration, LayerStats, calibrate
 from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
 from .layers import (
     DensitySchedule,
@@ -27,6 +28,9 @@ from .ops import doped_kp_matmul
 from .row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = [
+    "Calibration",
+    "LayerStats",
+    "calibrate",
     "CompressionReport",
     "LayerReport",
     "compress",
