@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import lpfast.torch as lt  # noqa: E402
+from _torch_models import bert_batches, tiny_bert  # noqa: E402
 from lpfast.torch import Calibration, calibrate  # noqa: E402
 
 
@@ -139,16 +140,9 @@ def test_progress_goes_to_stderr(capsys):
 
 
 def test_tiny_bert_dict_batches():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64,
-                                  max_position_embeddings=32)
-    torch.manual_seed(0)
-    model = transformers.BertModel(cfg)
+    model = tiny_bert()
     model.train()
-    g = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(0, 100, (2, 9), generator=g),
-                "attention_mask": torch.ones(2, 9, dtype=torch.long)} for _ in range(3)]
+    batches = bert_batches(3, 0, batch=2, tokens=9)
     rules = {"*.intermediate.dense": "doped_kron:2", "embeddings.word_embeddings": "lowrank:2"}
     with pytest.raises(ValueError, match="word_embeddings \\(Embedding\\)"):
         calibrate(model, batches, rules, progress=False)

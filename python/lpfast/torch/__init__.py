@@ -14,6 +14,7 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
     raise ImportError(msg) from e
 
 from .calibrate import Calibration, LayerStats, calibrate
+from .distill import DistillLayerReport, DistillReport, distill, output_error
 from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
 from .layers import (
     DensitySchedule,
@@ -31,6 +32,10 @@ __all__ = [
     "Calibration",
     "LayerStats",
     "calibrate",
+    "DistillLayerReport",
+    "DistillReport",
+    "distill",
+    "output_error",
     "CompressionReport",
     "LayerReport",
     "compress",
