@@ -197,6 +197,24 @@ def test_tiny_bert(mode):
         assert torch.equal(fresh(**b).last_hidden_state, c(**b).last_hidden_state)
 
 
+@pytest.mark.parametrize("rules", [{"0": "lowrank:2", "1": "auto:2"},
+                                   {"0": "projective:2:n_subspaces=2", "3": "auto:2"}])
+def test_embeddings_and_planner_layers(rules):
+    """Whatever compress builds (low-rank and projective embeddings fed token ids, the
+    planner's row-doped or low-rank Linears) trains in both modes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(60, 16), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 60, (8, 10), generator=g) for _ in range(6)]
+    held = [torch.randint(0, 60, (8, 10), generator=g) for _ in range(3)]
+    for mode in ("layer", "end_to_end"):
+        c = compressed_copy(model, rules)
+        before = output_error(c, model, held)
+        report = distill(c, model, batches, mode=mode, progress=False, steps=60)
+        assert output_error(c, model, held) < before, str(report)
+        assert report.layers[0].rows == 6 * 8 * 10  # token ids, one row each
+
+
 # -- bad input ---------------------------------------------------------------------------------
 
 def test_bad_input():

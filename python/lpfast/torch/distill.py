@@ -115,6 +115,8 @@ def _train_layer(name: str, layer: nn.Module, X: Tensor, Y: Tensor, *, steps: in
                  g: torch.Generator, bar: Progress) -> tuple[int, str]:
     budget = Budget(steps, seconds)
     annealers = annealers_for([layer], [target], budget) if target is not None else []
+    for p in layer.parameters():  # restored by distill with every other flag
+        p.requires_grad_(True)
     opt = adam([layer], lr)
     scale = float((Y.double() ** 2).mean()) or 1.0  # a relative loss: the same lr fits any layer
     layer.train()
@@ -169,7 +171,10 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
     batches : iterable of Tensor / tuple / dict
         Model inputs, as for :func:`calibrate`; read once and kept (end-to-end reuses them).
     mode : "layer" or "end_to_end"
-        See the module docstring.
+        "layer": each layer alone, on the inputs the ORIGINAL layer saw (one recording
+        pass; exact when earlier layers are untouched, else the target each layer replaces).
+        "end_to_end": all compressed layers together on the model's output. See the module
+        docstring.
     steps : int >= 0, optional
         Adam steps per layer ("layer", default 300) or in all ("end_to_end", default 200);
         with only ``time_budget`` given, no step limit.
