@@ -65,6 +65,7 @@ def test_statistics_equal_dense_recomputation(dtype):
         assert s.input_gram.dtype == torch.float64
         torch.testing.assert_close(s.input_gram, X.T @ X / n, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(s.gram, s.input_gram)
+        assert torch.equal(s.input_scale, s.scale)
         torch.testing.assert_close(s.scale, (X * X).mean(0), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(s.mean, X.mean(0), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(s.scale, torch.diagonal(s.input_gram), rtol=1e-12, atol=1e-14)

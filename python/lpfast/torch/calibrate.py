@@ -50,6 +50,10 @@ class LayerStats:
         Σ x and Σ x² per feature.
     gram_sum : Tensor (in_features, in_features), float64, or None (mode "scale")
         Σ xᵀx = XᵀX.
+
+    The means over rows are properties: :attr:`input_gram` (alias ``gram``),
+    :attr:`scale` (alias ``input_scale``), :attr:`mean`; pass them to the data-aware fits
+    as ``input_gram=`` / ``input_scale=``.
     """
 
     in_features: int
@@ -70,6 +74,8 @@ class LayerStats:
     def scale(self) -> torch.Tensor:
         """Mean of x² per feature, (in,) float64: the diagonal of :attr:`input_gram`."""
         return self.sq_sum / self.n_rows
+
+    input_scale = scale  # the name the data-aware fits take it by (``input_scale=``)
 
     @property
     def mean(self) -> torch.Tensor:
