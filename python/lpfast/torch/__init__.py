@@ -14,6 +14,8 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
     raise ImportError(msg) from e
 
 from .annealing import DensitySchedule, SparsityAnnealer
+from .calibrate import Calibration, LayerStats, calibrate
+from .distill import DistillLayerReport, DistillReport, distill, output_error
 from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
 from .kron import DopedKroneckerLinear, co_matrix_dropout
 from .lowrank import LowRankEmbedding, LowRankLinear
@@ -22,6 +24,13 @@ from .projective import ProjectiveEmbedding
 from .row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = [
+    "Calibration",
+    "LayerStats",
+    "calibrate",
+    "DistillLayerReport",
+    "DistillReport",
+    "distill",
+    "output_error",
     "CompressionReport",
     "LayerReport",
     "compress",
