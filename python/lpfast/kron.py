@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _native
 from ._validate import (
     as_csr,
+    as_factor_shapes,
     as_float,
     as_float_array,
     as_int,
-    as_shape2,
     common_float_dtype,
+    doped_matmul_shapes,
 )
 
 __all__ = ["DopedKronecker", "doped_kp_fit", "doped_kp_matmul", "nearest_kronecker"]
@@ -36,28 +37,16 @@ def _csr_data(S: Any) -> Any:
     return getattr(S, "data", None)
 
 
-def _factors(A: Any, B: Any, dtype: np.dtype, check_finite: bool) -> tuple[np.ndarray, np.ndarray]:
+def _operands(A: Any, B: Any, bias: Any, dtype: np.dtype, check_finite: bool):
+    """A (R, m1, n1), B (R, m2, n2) and bias (m,) or None as arrays of ``dtype``; (m, n)."""
     A = as_float_array(A, "A", dtype, ndim=(2, 3), check_finite=check_finite)
     B = as_float_array(B, "B", dtype, ndim=(2, 3), check_finite=check_finite)
     A = A[None] if A.ndim == 2 else A
     B = B[None] if B.ndim == 2 else B
-    if A.shape[0] != B.shape[0]:
-        msg = f"A and B: Kronecker ranks differ, A has {A.shape[0]} factors and B has {B.shape[0]}"
-        raise ValueError(msg)
-    if A.shape[0] < 1:
-        msg = "A, B: need at least one Kronecker factor (rank >= 1)"
-        raise ValueError(msg)
-    return A, B
-
-
-def _bias(bias: Any, m: int, dtype: np.dtype, check_finite: bool) -> np.ndarray | None:
-    if bias is None:
-        return None
-    bias = as_float_array(bias, "bias", dtype, ndim=1, check_finite=check_finite)
-    if bias.shape[0] != m:
-        msg = f"bias: expected shape ({m},), got {bias.shape}"
-        raise ValueError(msg)
-    return bias
+    if bias is not None:
+        bias = as_float_array(bias, "bias", dtype, ndim=1, check_finite=check_finite)
+    m, n = doped_matmul_shapes(A.shape, B.shape, bias_shape=None if bias is None else bias.shape)
+    return A, B, bias, m, n
 
 
 # CSR indices narrow to int32 below this many columns and entries.
@@ -79,7 +68,7 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
     if hasattr(x, "detach") and hasattr(x, "numpy"):
         x = x.detach().numpy()
     x = np.asarray(x)
-    if x.ndim == 0 or x.shape[-1] != n:
+    if x.ndim == 0 or x.shape[-1] != n:  # the shape first: its message names the width
         msg = f"x: expected shape (..., {n}), got {x.shape}"
         raise ValueError(msg)
     if x.dtype != dtype and x.dtype.kind == "f":
@@ -137,9 +126,7 @@ class DopedKronecker:
 
     def __init__(self, A: Any, B: Any, S: Any = None, bias: Any = None, *, check_finite: bool = True):
         dtype = common_float_dtype({"A": A, "B": B, "S.data": _csr_data(S), "bias": bias})
-        A, B = _factors(A, B, dtype, check_finite)
-        m, n = A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
-        bias = _bias(bias, m, dtype, check_finite)
+        A, B, bias, m, n = _operands(A, B, bias, dtype, check_finite)
         csr = None
         if S is not None:
             indptr, indices, data = as_csr(S, "S", (m, n), dtype, check_finite=check_finite)
@@ -157,12 +144,12 @@ class DopedKronecker:
         self._sell = self._serve = None
         if self._S is not None:
             Bt = np.ascontiguousarray(self.B.transpose(0, 2, 1))
-            self._sell = (Bt, *_core.sell_layout(*self._S, n))
+            self._sell = (Bt, *_native.sell_layout(*self._S, cols=n))
         for a in (self.A, self.B, self.bias, *(self._S or ()), *(self._sell or ())):
             if a is not None:
                 a.flags.writeable = False
         if self._sell is not None:  # checked once; a call then passes only x and out
-            self._serve = _core.sell_kernel(self.A, *self._sell, self.bias)
+            self._serve = _native.sell_kernel(self.A, *self._sell, bias=self.bias)
         self._shape = (m, n)
         self.dtype = dtype
         self.check_finite = check_finite
@@ -258,8 +245,9 @@ class DopedKronecker:
             self._serve(rows, y.reshape(1, m), self.check_finite)
             return y
         indptr, indices, data = self._S if self._S is not None else (None, None, None)
-        _core.doped_kron_matmul(rows, self.A, self.B, indptr, indices, data, self.bias,
-                                y.reshape(rows.shape[0], m), self.check_finite)
+        _native.doped_kron_matmul(x=rows, A=self.A, B=self.B, indptr=indptr, indices=indices,
+                                  data=data, bias=self.bias, out=y.reshape(rows.shape[0], m),
+                                  check_finite=self.check_finite)
         return y
 
     matmul = __call__
@@ -329,26 +317,17 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     once instead. Cost as in ``DopedKronecker.__call__``.
     """
     dtype = common_float_dtype({"x": x, "A": A, "B": B, "S.data": _csr_data(S), "bias": bias})
-    A, B = _factors(A, B, dtype, check_finite)
-    m, n = A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
-    bias = _bias(bias, m, dtype, check_finite)
+    A, B, bias, m, n = _operands(A, B, bias, dtype, check_finite)
     rows, lead = _batch_rows(x, n, dtype)
-    csr = (None, None, None) if S is None else as_csr(S, "S", (m, n), dtype, check_finite=check_finite)
+    indptr, indices, data = (None, None, None) if S is None else as_csr(
+        S, "S", (m, n), dtype, check_finite=check_finite)
     y = _output(out, lead, m, dtype, rows)
-    _core.doped_kron_matmul(rows, A, B, *csr, bias, y.reshape(rows.shape[0], m), check_finite)
+    _native.doped_kron_matmul(x=rows, A=A, B=B, indptr=indptr, indices=indices, data=data,
+                              bias=bias, out=y.reshape(rows.shape[0], m), check_finite=check_finite)
     return y
 
 
 # -- fitting --------------------------------------------------------------------------------
-
-def _check_factor_shapes(W: np.ndarray, a_shape: Any, b_shape: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    (m1, n1), (m2, n2) = as_shape2(a_shape, "a_shape"), as_shape2(b_shape, "b_shape")
-    if (m1 * m2, n1 * n2) != W.shape:
-        msg = (f"a_shape={a_shape} and b_shape={b_shape} do not factor W's shape {W.shape}: "
-               f"need (m1*m2, n1*n2) = {W.shape}")
-        raise ValueError(msg)
-    return (m1, n1), (m2, n2)
-
 
 def _rearrange(W: np.ndarray, a_shape: tuple[int, int], b_shape: tuple[int, int]) -> np.ndarray:
     """Van Loan's R(W), (m1*n1, m2*n2): ||W - kron(A, B)||_F = ||R(W) - vec(A) vec(B)^T||_F."""
@@ -422,7 +401,7 @@ def nearest_kronecker(W: Any, a_shape: Any, b_shape: Any, rank: int = 1) -> Dope
     Cost: a truncated SVD of an (m1*n1, m2*n2) matrix.
     """
     W = as_float_array(W, "W", ndim=2)
-    a_shape, b_shape = _check_factor_shapes(W, a_shape, b_shape)
+    a_shape, b_shape = as_factor_shapes(W.shape, a_shape, b_shape)
     rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
     A, B = _kron_factors(W, a_shape, b_shape, rank)
     return DopedKronecker(A, B)
@@ -454,7 +433,7 @@ def doped_kp_fit(W: Any, a_shape: Any, b_shape: Any, density: float, rank: int =
     Cost per round: one truncated SVD of (m1*n1, m2*n2) plus O(m*n) for the residual.
     """
     W = as_float_array(W, "W", ndim=2)
-    a_shape, b_shape = _check_factor_shapes(W, a_shape, b_shape)
+    a_shape, b_shape = as_factor_shapes(W.shape, a_shape, b_shape)
     density = as_float(density, "density", low=0.0, high=1.0)
     rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
     n_iter = as_int(n_iter, "n_iter", low=0)

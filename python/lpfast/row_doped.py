@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ._row_doping import (_as_matrix, _as_row_weights, _build, _check_fractions, _Effort,
-                          _extender, _history, _kind, _make_fitter, _max_exact, _max_rank,
-                          _min_budget, _rank_cap, _search, _splits, _SplitResult,
-                          n_params_formula)
-from ._validate import as_float, as_float_array, as_int, float_dtype_of
+from ._row_doping import (Effort, SplitResult, build_result, grid_extender, kind_of,
+                          make_fitter, max_exact, max_rank, min_budget, n_params_formula,
+                          rank_cap, search_splits, split_history, splits_for)
+from ._validate import (as_choice, as_float, as_float_array, as_fractions, as_int, as_matrix,
+                        as_row_weights, float_dtype_of)
 from .usage import usage_weights  # re-exported: it was defined here first
 
 __all__ = ["RowDoped", "row_doped_fit", "usage_weights"]
@@ -117,7 +117,7 @@ class RowDoped:
         return self.exact_rows.dtype
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in _ARRAYS[_kind(self.method)]}
+        return {name: getattr(self, name) for name in _ARRAYS[kind_of(self.method)]}
 
     @property
     def n_params(self) -> int:
@@ -233,7 +233,7 @@ class RowDoped:
         d = as_int(get("n_cols"), "state['n_cols']", low=1)
         rank = as_int(get("rank"), "state['rank']", low=1)
         K = as_int(get("n_subspaces"), "state['n_subspaces']", low=1)
-        kind = _kind(method)
+        kind = kind_of(method)
 
         def ints(key, length, high):
             a = get(key)
@@ -292,9 +292,7 @@ class RowDoped:
 
 
 def _check_method(method: Any, p: float) -> str:
-    if not isinstance(method, str) or method not in METHODS:
-        msg = f"method: expected one of {METHODS}, got {method!r}"
-        raise ValueError(msg)
+    as_choice(method, "method", METHODS, type_error=False)
     if method == "svd" and p != 2.0:
         msg = f"p: method 'svd' is the p = 2 fit, got p={p}; use method='lp' for p != 2"
         raise ValueError(msg)
@@ -389,11 +387,11 @@ def row_doped_fit(E: Any, method: str, budget: int, *, weights: Any = None, p: f
     residual pass per round and an O(n log n) sort. Later splits start from the first fit
     truncated to their rank (its leading columns). Deterministic for a seed and thread count.
     """
-    E = _as_matrix(E)
+    E = as_matrix(E, "E", min_rows=2, min_cols=2)  # own float dtype, else float64
     n, d = E.shape
     p = as_float(p, "p", low=1.0)
     method = _check_method(method, p)
-    kind = _kind(method)
+    kind = kind_of(method)
     if method == "projective":
         if n_subspaces is None:
             msg = "n_subspaces: required for method='projective'"
@@ -405,17 +403,17 @@ def row_doped_fit(E: Any, method: str, budget: int, *, weights: Any = None, p: f
             raise ValueError(msg)
         K = 1
     budget = as_int(budget, "budget", low=1)
-    least = _min_budget(kind, n, d, K)
+    least = min_budget(kind, n, d, K)
     if budget < least:
         msg = (f"budget: {budget} is too small for method={method!r} on a {n} x {d} matrix; "
                f"rank 1 needs {least}")
         raise ValueError(msg)
-    w = _as_row_weights(weights, n)
+    w = as_row_weights(weights, n, rows="E", ones=True)
     n_rounds = as_int(n_rounds, "n_rounds", low=0)
     max_iter = as_int(max_iter, "max_iter", low=1)
     tol = as_float(tol, "tol", low=0.0)
     n_init = as_int(n_init, "n_init", low=1)
-    cap = _rank_cap(kind, n, d, 0, K)
+    cap = rank_cap(kind, n, d, 0, K)
     if rank is not None:
         rank = as_int(rank, "rank", low=1, high=cap)
     if n_exact is not None:
@@ -430,23 +428,23 @@ def row_doped_fit(E: Any, method: str, budget: int, *, weights: Any = None, p: f
             raise ValueError(msg)
         splits = [(rank, n_exact)]
     elif rank is not None:
-        R = min(_max_exact(kind, n, d, budget, rank, K), n - 1)
+        R = min(max_exact(kind, n, d, budget, rank, K), n - 1)
         if R < 0:
             need = n_params_formula(method, n, d, rank, 0, K)
             msg = f"budget: {budget} is too small for rank={rank} (needs {need})"
             raise ValueError(msg)
         splits = [(rank, R)]
     elif n_exact is not None:
-        k = min(_max_rank(kind, n, d, budget, n_exact, K), cap)
+        k = min(max_rank(kind, n, d, budget, n_exact, K), cap)
         if k < 1:
             need = n_params_formula(method, n, d, 1, n_exact, K)
             msg = f"budget: {budget} is too small for n_exact={n_exact} at rank 1 (needs {need})"
             raise ValueError(msg)
         splits = [(k, n_exact)]
     else:
-        fractions = _check_fractions(exact_fractions)
-        splits = _splits(kind, n, d, budget, K, fractions)
-        extend = _extender(kind, n, d, budget, K, fractions) if extend_grid else None
+        fractions = as_fractions(exact_fractions, "exact_fractions")
+        splits = splits_for(kind, n, d, budget, K, fractions)
+        extend = grid_extender(kind, n, d, budget, K, fractions) if extend_grid else None
         if not splits:
             msg = f"budget: {budget} leaves no split of exact_fractions with rank >= 1"
             raise ValueError(msg)
@@ -454,14 +452,14 @@ def row_doped_fit(E: Any, method: str, budget: int, *, weights: Any = None, p: f
     sq = w * np.einsum("ij,ij->i", E, E, dtype=np.float64)
     total = float(sq.sum())
     heavy = np.argsort(-sq, kind="stable")
-    effort = _Effort(max_iter, tol, max_iter, n_init)
-    fitter = _make_fitter(E, w, method, p, K, effort, seed)
+    effort = Effort(max_iter, tol, max_iter, n_init)
+    fitter = make_fitter(E, w, method, p, K, effort, seed)
 
-    def report(res: _SplitResult) -> None:
+    def report(res: SplitResult) -> None:
         if verbose:
             print(f"row_doped_fit[{method}]: rank {res.rank:4d}  exact rows {res.n_exact:6d}  "
                   f"error {res.error:.6g}  ({res.seconds:.2f} s)", file=sys.stderr, flush=True)
 
-    results = _search(fitter, w, heavy, total, splits, n_rounds, report, extend)
+    results = search_splits(fitter, w, heavy, total, splits, n_rounds, report, extend)
     best = min(results, key=lambda r: r.error)  # first of equals: the earlier split
-    return _build(E, w, method, p, K, best, budget, _history(method, n, d, K, results))
+    return build_result(E, w, method, p, K, best, budget, split_history(method, n, d, K, results))
