@@ -287,6 +287,38 @@ def as_matrix(a: Any, name: str, *, min_rows: int = 1, min_cols: int = 1,
     return arr
 
 
+def as_rows(a: Any, name: str, d: int, dtype: np.dtype, *, single: bool = False) -> np.ndarray:
+    """Rows of length d as a 2-d array of ``dtype``; with ``single``, a 1-d row becomes (1, d)."""
+    arr = as_float_array(a, name, dtype, ndim=(1, 2) if single else 2)
+    rows = arr.reshape(1, -1) if arr.ndim == 1 else arr
+    if rows.shape[1] != d:
+        want = f"rows of length {d}" if single else f"shape (m, {d})"
+        msg = f"{name}: expected {want}, got shape {arr.shape}"
+        raise ValueError(msg)
+    return rows
+
+
+def as_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, x: np.ndarray) -> np.ndarray:
+    """A new array of ``shape``, or the caller's ``out=``: C-contiguous, writeable, of
+    ``dtype`` and ``shape``, not overlapping the input ``x`` (the kernels read x while they
+    write out)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray) or out.dtype != dtype or not out.flags.c_contiguous:
+        msg = f"out: expected a C-contiguous numpy array of dtype {dtype}"
+        raise TypeError(msg)
+    if out.shape != tuple(shape):
+        msg = f"out: expected shape {tuple(shape)}, got {out.shape}"
+        raise ValueError(msg)
+    if not out.flags.writeable:
+        msg = "out: array is read-only"
+        raise ValueError(msg)
+    if np.may_share_memory(out, x):
+        msg = "out: must not overlap x"
+        raise ValueError(msg)
+    return out
+
+
 def as_row_weights(weights: Any, n: int, dtype: Any = np.float64, *, name: str = "weights",
                    rows: str = "X", ones: bool = False) -> np.ndarray | None:
     """Per-row weights: shape (n,), finite, non-negative, with a positive sum, in ``dtype``.

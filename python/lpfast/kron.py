@@ -19,6 +19,7 @@ from ._validate import (
     as_float,
     as_float_array,
     as_int,
+    as_out,
     common_float_dtype,
     doped_matmul_shapes,
 )
@@ -77,24 +78,6 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
     x = as_float_array(x, "x", dtype, check_finite=False)
     lead = x.shape[:-1]
     return x.reshape(math.prod(lead), n), lead
-
-
-def _output(out: Any, lead: tuple, m: int, dtype: np.dtype, x: np.ndarray) -> np.ndarray:
-    if out is None:
-        return np.empty((*lead, m), dtype=dtype)
-    if not isinstance(out, np.ndarray) or out.dtype != dtype or not out.flags.c_contiguous:
-        msg = f"out: expected a C-contiguous numpy array of dtype {dtype}"
-        raise TypeError(msg)
-    if out.shape != (*lead, m):
-        msg = f"out: expected shape {(*lead, m)}, got {out.shape}"
-        raise ValueError(msg)
-    if not out.flags.writeable:
-        msg = "out: array is read-only"
-        raise ValueError(msg)
-    if np.may_share_memory(out, x):  # the kernels read x while they write out
-        msg = "out: must not overlap x"
-        raise ValueError(msg)
-    return out
 
 
 class DopedKronecker:
@@ -240,7 +223,7 @@ class DopedKronecker:
         """
         m, n = self._shape
         rows, lead = _batch_rows(x, n, self.dtype)
-        y = _output(out, lead, m, self.dtype, rows)
+        y = as_out(out, (*lead, m), self.dtype, rows)
         if self._serve is not None and rows.shape[0] == 1:
             self._serve(rows, y.reshape(1, m), self.check_finite)
             return y
@@ -321,7 +304,7 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     rows, lead = _batch_rows(x, n, dtype)
     indptr, indices, data = (None, None, None) if S is None else as_csr(
         S, "S", (m, n), dtype, check_finite=check_finite)
-    y = _output(out, lead, m, dtype, rows)
+    y = as_out(out, (*lead, m), dtype, rows)
     _native.doped_kron_matmul(x=rows, A=A, B=B, indptr=indptr, indices=indices, data=data,
                               bias=bias, out=y.reshape(rows.shape[0], m), check_finite=check_finite)
     return y

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _native
 from ._validate import (as_choice, as_eps, as_float, as_float_array, as_generator, as_int,
-                        as_matrix, as_row_weights, default_eps)
+                        as_matrix, as_row_weights, as_rows, default_eps)
 
 __all__ = ["KSubspaces", "k_subspaces"]
 
@@ -80,18 +80,10 @@ class KSubspaces:
                 f"p={self.p}, cost={self.cost:.6g}, n_iter={self.n_iter}, "
                 f"seeding={self.seeding!r}, dtype={self.bases.dtype})")
 
-    def _rows(self, Y: Any) -> np.ndarray:
-        d = self.bases.shape[1]
-        Y = as_float_array(Y, "Y", self.bases.dtype, ndim=(1, 2))
-        Y2 = Y.reshape(1, -1) if Y.ndim == 1 else Y
-        if Y2.shape[1] != d:
-            msg = f"Y: expected rows of length {d}, got shape {Y.shape}"
-            raise ValueError(msg)
-        return Y2
-
     def _assign(self, Y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         one = np.ndim(Y) == 1 if not hasattr(Y, "ndim") else Y.ndim == 1
-        labels, dist2, coef = _native.k_subspaces_assign(X=self._rows(Y), bases=self.bases)
+        rows = as_rows(Y, "Y", self.bases.shape[1], self.bases.dtype, single=True)
+        labels, dist2, coef = _native.k_subspaces_assign(X=rows, bases=self.bases)
         return labels, dist2, coef, one
 
     def predict(self, Y: Any) -> np.ndarray:

@@ -16,8 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _native
-from ._validate import (as_basis, as_callable, as_choice, as_eps, as_float, as_float_array,
-                        as_int, as_matrix, as_row_weights, orthonormal_columns)
+from ._validate import (as_basis, as_callable, as_choice, as_eps, as_float,
+                        as_int, as_matrix, as_row_weights, as_rows,
+                        orthonormal_columns)
 
 __all__ = ["LpSubspace", "lp_subspace", "subspace_cost"]
 
@@ -90,10 +91,7 @@ class LpSubspace:
                 raise ValueError(msg)
             E = self._X
         else:
-            E = as_float_array(E, "E", self.basis.dtype, ndim=2)
-            if E.shape[1] != self.basis.shape[0]:
-                msg = f"E: expected shape (m, {self.basis.shape[0]}), got {E.shape}"
-                raise ValueError(msg)
+            E = as_rows(E, "E", self.basis.shape[0], self.basis.dtype)
         return E @ self.basis, np.ascontiguousarray(self.basis.T)
 
     def __repr__(self) -> str:
