@@ -1,7 +1,8 @@
 """Doped Kronecker products: W = sum_r kron(A[r], B[r]) + S with S sparse (arXiv 2102.07071).
 
 ``doped_kp_matmul`` and :class:`DopedKronecker` compute ``x @ W.T + bias`` without forming
-W; ``nearest_kronecker`` and ``doped_kp_fit`` fit such a W to a dense matrix.
+W. Fitting such a W to a dense matrix (``nearest_kronecker``, ``doped_kp_fit``,
+``kron_factor_shapes``) lives in :mod:`lpfast.kron_fit`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ import numpy as np
 from . import _native
 from ._validate import (
     as_csr,
-    as_factor_shapes,
-    as_float,
     as_float_array,
-    as_int,
     as_out,
     common_float_dtype,
     doped_matmul_shapes,
 )
 
-__all__ = ["DopedKronecker", "doped_kp_fit", "doped_kp_matmul", "nearest_kronecker"]
+__all__ = ["DopedKronecker", "doped_kp_matmul"]
 
 
 def _csr_data(S: Any) -> Any:
@@ -310,142 +308,12 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     return y
 
 
-# -- fitting --------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # The fitting functions were defined here first (lpfast.kron.doped_kp_fit); they live in
+    # kron_fit.py now, which imports this module, so they are looked up on first use.
+    if name in ("doped_kp_fit", "nearest_kronecker", "kron_factor_shapes"):
+        from . import kron_fit
 
-def _rearrange(W: np.ndarray, a_shape: tuple[int, int], b_shape: tuple[int, int]) -> np.ndarray:
-    """Van Loan's R(W), (m1*n1, m2*n2): ||W - kron(A, B)||_F = ||R(W) - vec(A) vec(B)^T||_F."""
-    (m1, n1), (m2, n2) = a_shape, b_shape
-    return W.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
-
-
-def _top_singular(R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k singular triples of R, signs fixed so each u's largest-|.| entry is positive."""
-    small = min(R.shape)
-    if small <= 256 or k >= small // 4:
-        U, s, Vt = np.linalg.svd(R, full_matrices=False)
-        U, s, Vt = U[:, :k], s[:k], Vt[:k]
-    else:
-        from scipy.sparse.linalg import svds
-
-        v0 = np.ones(small, dtype=R.dtype) / np.sqrt(small)  # deterministic start
-        U, s, Vt = svds(R, k=k, v0=v0)
-        order = np.argsort(s)[::-1]
-        U, s, Vt = U[:, order], s[order], Vt[order]
-    flip = np.sign(U[np.argmax(np.abs(U), axis=0), np.arange(U.shape[1])])
-    flip[flip == 0] = 1
-    return U * flip, s, Vt * flip[:, None]
-
-
-def _kron_factors(W: np.ndarray, a_shape, b_shape, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    U, s, Vt = _top_singular(_rearrange(W, a_shape, b_shape), rank)
-    root = np.sqrt(s).astype(W.dtype)
-    A = (U * root).T.reshape(rank, *a_shape)
-    B = (Vt * root[:, None]).reshape(rank, *b_shape)
-    return np.ascontiguousarray(A), np.ascontiguousarray(B)
-
-
-def _kron_dense(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return sum(np.kron(a, b) for a, b in zip(A, B))
-
-
-def _largest_entries(R: np.ndarray, nnz: int) -> np.ndarray:
-    """Sorted flat positions of the nnz entries of R with the largest magnitude."""
-    flat = R.ravel()
-    if nnz >= flat.size:
-        return np.arange(flat.size)
-    if nnz == 0:
-        return np.zeros(0, dtype=np.intp)
-    return np.sort(np.argpartition(np.abs(flat), flat.size - nnz)[flat.size - nnz:])
-
-
-def _csr_from_positions(positions: np.ndarray, values: np.ndarray, shape: tuple[int, int]):
-    """(indptr, indices, data) of the matrix holding ``values`` at sorted flat ``positions``."""
-    rows, cols = np.divmod(positions, shape[1])
-    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
-    return indptr, cols.astype(np.int64), values
-
-
-def nearest_kronecker(W: Any, a_shape: Any, b_shape: Any, rank: int = 1) -> DopedKronecker:
-    """The best sum of ``rank`` Kronecker products in Frobenius norm (Van Loan–Pitsianis).
-
-    Parameters
-    ----------
-    W : array_like, shape (m1*m2, n1*n2), float32 or float64
-    a_shape, b_shape : (m1, n1), (m2, n2)
-    rank : int, 1 <= rank <= min(m1*n1, m2*n2)
-
-    Returns
-    -------
-    DopedKronecker without doping, A of shape (rank, m1, n1), B of shape (rank, m2, n2).
-
-    The factors are the top singular triples of the rearranged W (m1*n1 x m2*n2), split
-    as sqrt(sigma) u and sqrt(sigma) v, signs fixed so u's largest entry is positive.
-    Cost: a truncated SVD of an (m1*n1, m2*n2) matrix.
-    """
-    W = as_float_array(W, "W", ndim=2)
-    a_shape, b_shape = as_factor_shapes(W.shape, a_shape, b_shape)
-    rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
-    A, B = _kron_factors(W, a_shape, b_shape, rank)
-    return DopedKronecker(A, B)
-
-
-def doped_kp_fit(W: Any, a_shape: Any, b_shape: Any, density: float, rank: int = 1,
-                 n_iter: int = 10, *, tol: float = 1e-6) -> DopedKronecker:
-    """Fit ``W ≈ sum_r kron(A[r], B[r]) + S`` with S holding ``density * W.size`` entries.
-
-    Alternates the two exact partial minimizations: the Kronecker part is the nearest
-    Kronecker sum of ``W - S`` (Van Loan–Pitsianis), then S keeps the largest-magnitude
-    entries of ``W - KP``. Each step cannot raise the error, the start is nearest_kronecker
-    plus top-|residual| doping, and the best iterate is returned: its relative Frobenius
-    error never exceeds that baseline.
-
-    Parameters
-    ----------
-    W : array_like, shape (m1*m2, n1*n2), float32 or float64
-    a_shape, b_shape : (m1, n1), (m2, n2)
-    density : float in [0, 1], fraction of W's entries stored in S
-    rank : int, Kronecker rank R
-    n_iter : int >= 0, alternation rounds after the baseline
-    tol : float, stop when the relative error improves by less than this
-
-    Returns
-    -------
-    DopedKronecker with ``fit_info = {"relative_error": [...per round...], "n_iter": k}``.
-
-    Cost per round: one truncated SVD of (m1*n1, m2*n2) plus O(m*n) for the residual.
-    """
-    W = as_float_array(W, "W", ndim=2)
-    a_shape, b_shape = as_factor_shapes(W.shape, a_shape, b_shape)
-    density = as_float(density, "density", low=0.0, high=1.0)
-    rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
-    n_iter = as_int(n_iter, "n_iter", low=0)
-    tol = as_float(tol, "tol", low=0.0)
-    nnz = int(round(density * W.size))
-    norm = float(np.linalg.norm(W)) or 1.0
-
-    def doping_for(A, B):
-        """The optimal S for this Kronecker part, as (flat positions, values), and its error."""
-        resid = W - _kron_dense(A, B)
-        positions = _largest_entries(resid, nnz)
-        values = resid.ravel()[positions].copy()
-        resid.ravel()[positions] = 0
-        return (positions, values), float(np.linalg.norm(resid)) / norm
-
-    A, B = _kron_factors(W, a_shape, b_shape, rank)
-    S, err = doping_for(A, B)
-    best, history = (A, B, S), [err]
-    for _ in range(n_iter):
-        S_dense = np.zeros_like(W)
-        S_dense.ravel()[S[0]] = S[1]
-        A, B = _kron_factors(W - S_dense, a_shape, b_shape, rank)
-        S, new_err = doping_for(A, B)
-        history.append(new_err)
-        if new_err < min(history[:-1]):
-            best = (A, B, S)
-        if history[-2] - new_err <= tol:
-            break
-    S = _csr_from_positions(*best[2], W.shape) if nnz else None
-    op = DopedKronecker(best[0], best[1], S)
-    op.fit_info = {"relative_error": history, "n_iter": len(history) - 1}
-    return op
+        return getattr(kron_fit, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
