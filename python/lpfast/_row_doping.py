@@ -16,12 +16,9 @@ import numpy as np
 
 from . import _native
 from ._validate import default_eps
+from .row_doped_result import RowDoped, kind_of
 
 # -- parameter accounting --------------------------------------------------------------------
-
-def kind_of(method: str) -> str:
-    return "projective" if method == "projective" else "lowrank"
-
 
 def n_params_formula(method: str, n: int, d: int, rank: int, n_exact: int,
                      n_subspaces: int = 1) -> int:
@@ -298,8 +295,6 @@ def grid_extender(kind: str, n: int, d: int, budget: int, K: int, fractions: tup
 
 def build_result(E: np.ndarray, w: np.ndarray, method: str, p: float, K: int, res: SplitResult,
            budget: int | None, history: list[dict[str, Any]]) -> Any:
-    from .row_doped import RowDoped  # the result class sits above this module
-
     n, d = E.shape
     exact = res.exact
     keep = np.ones(n, dtype=bool)

@@ -94,13 +94,7 @@ def as_int(value: Any, name: str, *, low: int | None = None, high: int | None = 
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         msg = f"{name}: expected an integer, got {value!r}"
         raise TypeError(msg)
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        msg = f"{name}: expected an integer in [{lo}, {hi}], got {value}"
-        raise ValueError(msg)
-    return value
+    return _in_range(int(value), name, low, high, "an integer")
 
 
 def as_float(value: Any, name: str, *, low: float | None = None, high: float | None = None) -> float:
@@ -112,10 +106,15 @@ def as_float(value: Any, name: str, *, low: float | None = None, high: float | N
     if not np.isfinite(value):
         msg = f"{name}: expected a finite number, got {value}"
         raise ValueError(msg)
+    return _in_range(value, name, low, high, "a value")
+
+
+def _in_range(value: Any, name: str, low: Any, high: Any, what: str) -> Any:
+    """``value`` if it lies in [low, high] (None: unbounded), else ValueError naming ``name``."""
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        msg = f"{name}: expected a value in [{lo}, {hi}], got {value}"
+        msg = f"{name}: expected {what} in [{lo}, {hi}], got {value}"
         raise ValueError(msg)
     return value
 
