@@ -1,18 +1,10 @@
-"""Shared by every test module: the float dtypes every kernel runs in, and fixtures.
-
-Test modules import ``DTYPES`` (``from conftest import DTYPES``: pytest puts tests/ on the
-path); the fixtures apply by name, ``default_threads`` to every test.
-"""
+"""Fixtures shared by every test module; shared constants (``DTYPES``) are in shared.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import lpfast
-
-#: Every kernel exists for float32 and float64 (DESIGN.md); tests parametrize over both.
-DTYPES = (np.float32, np.float64)
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import lpfast
 from lpfast import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kronecker
 
-from conftest import DTYPES
+from shared import DTYPES
 from kron_cases import assert_unchanged, make_operands, sell_case, snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")

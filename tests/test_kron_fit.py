@@ -12,7 +12,7 @@ import lpfast
 from lpfast import doped_kp_fit, nearest_kronecker
 from lpfast import reference as ref
 
-from conftest import DTYPES
+from shared import DTYPES
 from kron_cases import (baseline_error, random_x, relative_error)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")

@@ -14,7 +14,7 @@ import lpfast
 from lpfast import DopedKronecker, doped_kp_matmul
 from lpfast import reference as ref
 
-from conftest import DTYPES
+from shared import DTYPES
 from kron_cases import (BATCHES, EXTRAS, S_FORMS, SHAPES, X_LAYOUTS, assert_matches,
                         assert_unchanged, csr_parts_to_dense, dense_W, expected,
                         make_operands, random_csr, random_x, sell_case, snapshot)

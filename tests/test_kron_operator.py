@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import lpfast
 from lpfast import DopedKronecker, doped_kp_matmul
 
-from conftest import DTYPES
+from shared import DTYPES
 from kron_cases import (aligned_empty, assert_matches, call_fixed, dense_W, expected,
                         make_operands, random_x, RTOL, S_FORMS)
 

@@ -11,7 +11,7 @@ import pytest
 import lpfast
 from lpfast import reference as ref
 
-from conftest import DTYPES
+from shared import DTYPES
 
 RTOL = {np.float32: 2e-4, np.float64: 1e-7}
 

@@ -13,7 +13,7 @@ import pytest
 import lpfast
 from lpfast import reference as ref
 
-from conftest import DTYPES
+from shared import DTYPES
 
 
 def planted(n, d, k, j, noise, seed, dtype=np.float64):

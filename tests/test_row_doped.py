@@ -15,7 +15,7 @@ import lpfast
 from lpfast import reference as ref
 from lpfast.row_doped import RowDoped
 
-from conftest import DTYPES
+from shared import DTYPES
 
 
 def vocabulary(n=3000, d=64, r=6, n_heavy=60, noise=0.05, seed=0, dtype=np.float64):

@@ -9,7 +9,7 @@ import pytest
 import lpfast
 from lpfast import _validate
 
-from conftest import DTYPES
+from shared import DTYPES
 
 X = np.random.default_rng(0).standard_normal((60, 6))
 
