@@ -25,6 +25,8 @@ from .layers import (
 )
 from .ops import doped_kp_matmul
 from .row_doped import RowDopedEmbedding, RowDopedLinear
+from .lowrank_sparse import LowRankSparseLinear
+from .calibrated import fit_linear, params_for_ratio
 
 __all__ = [
     "CompressionReport",
@@ -42,4 +44,7 @@ __all__ = [
     "SparsityAnnealer",
     "co_matrix_dropout",
     "doped_kp_matmul",
+    "LowRankSparseLinear",
+    "fit_linear",
+    "params_for_ratio",
 ]
