@@ -180,6 +180,19 @@ def test_doped_kron_never_worse(dtype, kind):
             assert err(W, op, C) <= err(W, base, C) * (1 + SLACK[W.dtype])
 
 
+def test_doped_kron_start_is_reused():
+    rng = np.random.default_rng(10)
+    W, C = weight(12, 20, rng), gram("outliers", 20, rng)
+    base = doped_kp_fit(W, (3, 4), (4, 5), 0.1, 2, n_iter=3)
+    a = doped_kp_fit_calibrated(W, (3, 4), (4, 5), 0.1, 2, n_iter=3, input_gram=C)
+    b = doped_kp_fit_calibrated(W, (3, 4), (4, 5), 0.1, 2, n_iter=3, input_gram=C, start=base)
+    assert np.array_equal(a.to_dense(), b.to_dense())
+    with pytest.raises(ValueError, match="start: expected"):
+        doped_kp_fit_calibrated(W, (3, 4), (4, 5), 0.2, 2, input_gram=C, start=base)
+    with pytest.raises(TypeError, match="start: expected a DopedKronecker"):
+        doped_kp_fit_calibrated(W, (3, 4), (4, 5), 0.1, 2, input_gram=C, start=W)
+
+
 def test_doped_kron_calibrated_helps_and_input_scale_works():
     rng = np.random.default_rng(4)
     W, C = weight(24, 36, rng), gram("outliers", 36, rng)

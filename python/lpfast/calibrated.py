@@ -296,7 +296,7 @@ def _alternate(W: np.ndarray, rank: int, nnz: int, lowrank: Callable, gram: Gram
 
 
 def lowrank_sparse_fit(W: Any, rank: int, density: float, *, input_gram: Any = None,
-                       input_scale: Any = None, n_iter: int = 5, tol: float = 1e-6,
+                       input_scale: Any = None, n_iter: int = 3, tol: float = 1e-6,
                        ridge: float = 1e-6) -> LowRankSparse:
     """Fit ``W ≈ U @ V + S`` (rank r, S with ``round(density * out * in)`` entries) under C.
 
@@ -317,7 +317,8 @@ def lowrank_sparse_fit(W: Any, rank: int, density: float, *, input_gram: Any = N
     density : float in [0, 1]
     input_gram, input_scale, ridge
         As in :func:`lowrank_fit` (the fit runs under the ridged C; err_C uses C itself).
-    n_iter : int >= 0, alternation rounds after the first
+    n_iter : int >= 0, alternation rounds after the first (each chain; most of the gain
+        comes in the first two rounds)
     tol : float >= 0, stop when err_C falls by less than ``tol`` times the first round's
 
     Returns

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.linalg
 
 from ._gram import Gram, as_gram, as_ridge, csr_parts, dense_sparse, doping
-from ._validate import as_float, as_int
+from ._validate import as_float, as_int, as_shape2
 from .kron import DopedKronecker, doped_kp_fit
 
 __all__ = ["doped_kp_fit_calibrated"]
@@ -64,10 +64,23 @@ def _balance(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return A * c[:, None, None], B / c[:, None, None]
 
 
+def _check_start(start: Any, W: Any, a_shape: Any, b_shape: Any, density: Any, rank: Any) -> None:
+    if not isinstance(start, DopedKronecker):
+        msg = f"start: expected a DopedKronecker, got {type(start).__name__}"
+        raise TypeError(msg)
+    W = np.asarray(W.detach().numpy() if hasattr(W, "detach") else W)
+    want = (W.shape, as_shape2(a_shape, "a_shape"), as_shape2(b_shape, "b_shape"),
+            as_int(rank, "rank", low=1), int(round(as_float(density, "density", low=0.0, high=1.0) * W.size)))
+    got = (start.shape, start.a_shape, start.b_shape, start.rank, start.nnz)
+    if got != want:
+        msg = f"start: expected (shape, a_shape, b_shape, rank, nnz) = {want}, got {got}"
+        raise ValueError(msg)
+
+
 def doped_kp_fit_calibrated(W: Any, a_shape: Any, b_shape: Any, density: float, rank: int = 1,
                             n_iter: int = 10, *, tol: float = 1e-6, input_gram: Any = None,
                             input_scale: Any = None, ridge: float = 1e-6,
-                            als_sweeps: int = 2) -> DopedKronecker:
+                            als_sweeps: int = 2, start: DopedKronecker | None = None) -> DopedKronecker:
     """Fit ``W ≈ sum_r kron(A[r], B[r]) + S`` minimizing err_C = trace(D C Dᵀ), D = W − Ŵ.
 
     Starts from the weights-only ``lpfast.doped_kp_fit`` (same arguments) and alternates,
@@ -94,6 +107,9 @@ def doped_kp_fit_calibrated(W: Any, a_shape: Any, b_shape: Any, density: float, 
         The fit runs under C + ridge·(trace(C)/in)·I (invertible for rank-deficient C);
         iterates are compared on err_C itself.
     als_sweeps : int >= 1
+    start : DopedKronecker, optional
+        A weights-only fit of W with these shapes, rank and nnz to start from (and to be
+        never worse than) instead of running ``doped_kp_fit``; its bias is ignored.
 
     Returns
     -------
@@ -104,7 +120,10 @@ def doped_kp_fit_calibrated(W: Any, a_shape: Any, b_shape: Any, density: float, 
     Cost per round: O(m in²) for T C and R C, O(R² in²) per half-sweep, the per-row
     solves of the doping (Σ_rows |J|³); float64, the result cast to W's dtype.
     """
-    start = doped_kp_fit(W, a_shape, b_shape, density, rank, n_iter, tol=tol)
+    if start is None:
+        start = doped_kp_fit(W, a_shape, b_shape, density, rank, n_iter, tol=tol)
+    else:
+        _check_start(start, W, a_shape, b_shape, density, rank)
     W = np.asarray(W.detach().numpy() if hasattr(W, "detach") else W)
     gram = as_gram(input_gram, input_scale, start.shape[1])
     ridge = as_ridge(ridge)

@@ -138,7 +138,8 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
                 msg = f"{key}: give either ratio= or {key}=, not both"
                 raise ValueError(msg)
         if method == "doped_kron" and params.get("a_shape") is None:
-            params["a_shape"], params["b_shape"] = _kron_shapes(linear, ratio, params.get("rank", 1))
+            start = _kron_start(linear, ratio, params.get("rank", 1), params.get("n_iter"))
+            params.update(a_shape=start.a_shape, b_shape=start.b_shape, start=start)
         chosen = params_for_ratio(method, out_f, in_f, ratio, **fixed,
                                   **{k: params.pop(k) for k in ("rank", "a_shape", "b_shape") if k in params})
         chosen.pop("n_params")
@@ -178,12 +179,17 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
             layer.bias.copy_(linear.bias)
     from ..calibrated import calibration_error
 
-    layer.fit_info = {"method": method, **{k: v for k, v in params.items()},
+    layer.fit_info = {"method": method, **{k: v for k, v in params.items() if k != "start"},
                       "calibration_error": calibration_error(W, approx, **stats, relative=True)}
     return layer
 
 
-def _kron_shapes(linear: nn.Linear, ratio: float, rank: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The factor shapes ``DopedKroneckerLinear.from_linear`` picks for this ratio."""
-    probe = DopedKroneckerLinear.from_linear(linear, ratio=ratio, rank=rank, n_iter=1)
-    return probe.a_shape, probe.b_shape
+def _kron_start(linear: nn.Linear, ratio: float, rank: Any, n_iter: Any):
+    """The weights-only fit ``DopedKroneckerLinear.from_linear`` makes for this ratio (its
+    factor-shape search), as a bias-free ``lpfast.DopedKronecker``: the start of the
+    calibrated fit, which thus searches the shapes only once."""
+    from ..kron import DopedKronecker
+
+    fit = {} if n_iter is None else {"n_iter": n_iter}
+    op = DopedKroneckerLinear.from_linear(linear, ratio=ratio, rank=rank, **fit).to_operator()
+    return DopedKronecker(op.A, op.B, op.S)
