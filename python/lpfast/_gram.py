@@ -186,35 +186,48 @@ def doping(R: np.ndarray, gram: Gram | None, nnz: int,
     Weights-only (``gram`` None): the nnz largest |R_ij|, valued R_ij (the exact optimum).
 
     Under C (positive definite: ``Gram.ridged``) the best support is a sparse regression
-    per row; two cheap greedy supports are tried, each with every row's values refit
-    exactly on it (C_JJ s_J = (r C)_J), and the one that lowers err_C most is kept:
-    the nnz largest |(R C)_ij| / sqrt(C_jj) (the most entry (i, j) alone can cut err_C:
-    best for nearly uncorrelated or ill-conditioned inputs) and the nnz largest
-    |R_ij|·sqrt(C_jj) (the diagonal approximation of C: better with strongly correlated
-    inputs, where single-entry gains overlap), plus ``previous`` (the current support),
-    which makes an alternation that passes it monotone. For a diagonal C both scores
-    coincide and the refit is s_J = r_J. Cost: O(m n²) for R C plus Σ_rows |J|³ per support.
+    per row; greedy supports are tried, each with every row's values refit exactly on it
+    (C_JJ s_J = (r C)_J), and the one that lowers err_C most is kept:
+
+    * no ``previous`` support: the nnz largest |(R C)_ij| / sqrt(C_jj) (the most entry
+      (i, j) alone can cut err_C; best for skewed or ill-conditioned inputs) and the nnz
+      largest |R_ij|·sqrt(C_jj) (C's diagonal alone; better with strongly correlated
+      inputs, where single-entry gains overlap);
+    * with ``previous``: that support, and one step of hard thresholding pursuit from it:
+      the nnz largest |Z_ij|·sqrt(C_jj) of the Jacobi-preconditioned gradient step
+      Z = S + ((R − S) C) / diag(C), S the previous support refit. (On real FFN inputs the
+      from-scratch supports lose to the current one; this step can only swap entries in.)
+      Keeping ``previous`` among the candidates makes an alternation monotone.
+
+    For a diagonal C the scores reduce to |R_ij|·sqrt(C_jj) and the refit to s_J = r_J.
+    Cost: O(m n²) for R C (and S C) plus Σ_rows |J|³ per support.
     """
     if gram is None:
         pos = top_positions(np.abs(R), nnz)
         return pos, R.ravel()[pos].copy()
     root = np.sqrt(gram.diagonal)
     pos = top_positions(np.abs(R) * root, nnz)
+    if previous is not None and previous.size != pos.size:
+        previous = None
     if gram.diag is not None or pos.size == 0:
-        if previous is not None and previous.size == pos.size:
+        if previous is not None:
             def gain(p):
                 return float(np.sum(R.ravel()[p] ** 2 * gram.diagonal[p % R.shape[1]]))
             pos = max((pos, previous), key=gain)
         return pos, R.ravel()[pos].copy()
     RC = gram.times(R)
-    supports = [pos, top_positions(np.abs(RC) / root, nnz)]
-    if previous is not None and previous.size == pos.size:
-        supports.append(previous)
+    if previous is None:
+        candidates = [(pos, None), (top_positions(np.abs(RC) / root, nnz), None)]
+    else:
+        values, gain = _refit_rows(RC, gram.full, previous)
+        S = dense_sparse(previous, values, R.shape)
+        Z = S + (RC - gram.times(S)) / gram.diagonal
+        candidates = [(previous, (values, gain)), (top_positions(np.abs(Z) * root, nnz), None)]
     best = None
-    for support in supports:
+    for support, fitted in candidates:
         if best is not None and np.array_equal(support, best[0]):
             continue
-        values, gain = _refit_rows(RC, gram.full, support)
+        values, gain = fitted if fitted is not None else _refit_rows(RC, gram.full, support)
         if best is None or gain > best[2]:
             best = (support, values, gain)
     return best[0], best[1]

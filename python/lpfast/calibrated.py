@@ -302,13 +302,14 @@ def lowrank_sparse_fit(W: Any, rank: int, density: float, *, input_gram: Any = N
 
     Alternates two steps, keeping the best iterate on err_C: the low-rank part is the
     whitened fit of W − S (:func:`lowrank_fit`'s step); S is chosen by the whitened
-    residual R = W − U V: the best on err_C of a few greedy supports (the entries with the
-    largest |(R C)_ij| / sqrt(C_jj), the most each alone can cut err_C; the largest
-    |R_ij|·sqrt(C_jj); the current support), every row's values refit exactly on it
-    (C_JJ s_J = (r C)_J). It runs from S = 0 and from the weights-only fit's support.
-    The weights-only fit (the same alternation under C = I: SVD, then the largest |R_ij|
-    valued R_ij) is returned instead when it is better on err_C, so the result is never
-    worse than it.
+    residual R = W − U V: the better on err_C of the current support and one hard
+    thresholding pursuit step from it (the largest entries of the preconditioned
+    gradient step S + ((R − S) C) / diag(C)), every row's values refit exactly on the
+    support (C_JJ s_J = (r C)_J); the first round, without a support, tries the largest
+    |(R C)_ij| / sqrt(C_jj) and the largest |R_ij|·sqrt(C_jj). Two chains run: from S = 0,
+    and from the weights-only fit's S (which wins on real FFN inputs). The weights-only
+    fit (the same alternation under C = I: SVD, then the largest |R_ij| valued R_ij) is
+    returned instead when it is better on err_C, so the result is never worse than it.
 
     Parameters
     ----------
