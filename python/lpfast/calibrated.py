@@ -286,7 +286,7 @@ def _alternate(W: np.ndarray, rank: int, nnz: int, lowrank: Callable, gram: Gram
     for _ in range(n_iter + 1):
         T = W if pos is None else W - dense_sparse(pos, vals, W.shape)
         U, V = lowrank(T)
-        pos, vals = doping(W - U @ V, gram, nnz, previous=pos)
+        pos, vals = doping(W - U @ V, gram, nnz, previous=pos, previous_values=vals)
         history.append(score(U, V, pos, vals))
         if best is None or history[-1] < best[0]:
             best = (history[-1], U, V, pos, vals)
