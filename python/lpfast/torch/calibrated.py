@@ -106,9 +106,9 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
         moments only. Neither: the weights-only fit.
     ratio : float >= 1, optional
         Parameter budget: the result's weight stores at most ``in*out/ratio`` values
-        (:func:`params_for_ratio` picks rank/density; explicit ``rank``/``density`` in
-        ``params`` are then not allowed except ``rank`` for doped_kron, and
-        ``sparse_share`` for lowrank_sparse). For doped_kron without ``a_shape``/``b_shape``
+        (:func:`params_for_ratio` picks rank/density; ``density`` is then not allowed,
+        nor ``rank`` for lowrank; for lowrank_sparse a ``rank`` or ``sparse_share``
+        steers the split). For doped_kron without ``a_shape``/``b_shape``
         the factor shapes are chosen as ``DopedKroneckerLinear.from_linear`` chooses them
         (weights-only, lowest error of a few factorizations), then refit under C.
     **params
@@ -133,7 +133,7 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
     stats = {"input_gram": _gram_of(input_gram), "input_scale": _gram_of(input_scale)}
     if ratio is not None:
         fixed = {k: params.pop(k) for k in ("sparse_share",) if k in params}
-        for key in ("density",) + (("rank",) if method != "doped_kron" else ()):
+        for key in ("density",) + (("rank",) if method == "lowrank" else ()):
             if key in params:
                 msg = f"{key}: give either ratio= or {key}=, not both"
                 raise ValueError(msg)
