@@ -256,13 +256,16 @@ def test_dense_support_refit_by_cg_matches_the_exact_solve(kind):
     pos = top_positions(rng.random((m, n)), m * n // 2)
     rows, cols = np.divmod(pos, n)
     exact = _solve_rows(RC, C, rows, cols, np.bincount(rows, minlength=m))
-    np.testing.assert_allclose(_cg_rows(RC, C, pos, None, 400), exact, rtol=1e-5,
-                               atol=1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(_cg_rows(RC, C, pos, None, 400, rtol=1e-12)[0], exact,
+                               rtol=1e-5, atol=1e-6 * np.abs(exact).max())
 
-    start = R.ravel()[pos]
+    start = np.zeros((m, n))
+    start.ravel()[pos] = R.ravel()[pos]
     for iters in (1, 3, 10):
-        assert _objective_on(R, C, pos, _cg_rows(RC, C, pos, start, iters)) <= \
-            _objective_on(R, C, pos, start) * (1 + 1e-12)
+        values, gain = _cg_rows(RC, C, pos, start, iters)
+        assert _objective_on(R, C, pos, values) <= _objective_on(R, C, pos, R.ravel()[pos]) * (1 + 1e-12)
+        assert gain == pytest.approx(_objective_on(R, C, pos, np.zeros(pos.size))
+                                     - _objective_on(R, C, pos, values), rel=1e-8)
     # The reported gain is the objective's decrease, on both paths.
     full = top_positions(rng.random((m, n)), m * n - 3)  # dense enough to take the CG path
     for support in (pos[: m * 2], full):

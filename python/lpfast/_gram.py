@@ -177,24 +177,28 @@ def _solve_rows(RC: np.ndarray, C: np.ndarray, rows: np.ndarray, cols: np.ndarra
 
 
 def _cg_rows(RC: np.ndarray, C: np.ndarray, pos: np.ndarray, start: np.ndarray | None,
-             iters: int) -> np.ndarray:
+             iters: int, rtol: float = 1e-4) -> tuple[np.ndarray, float]:
     """The same per-row systems by Jacobi-preconditioned conjugate gradients, all rows at
     once on dense masked (m, n) arrays: O(iters · m n²) flops and O(m n) memory instead of
-    Σ_rows |J|³ and Σ_rows |J|² (a half-dense S of a 384 x 1536 weight has |J| ≈ 750). Each
-    iteration lowers every row's objective, so from ``start`` (values on pos) the result is
-    never worse than it."""
+    Σ_rows |J|³ and Σ_rows |J|² (a half-dense S of a 384 x 1536 weight has |J| ≈ 750).
+
+    ``start`` (dense (m, n), used on the support only) warm-starts it; every iteration
+    lowers each row's objective, so the result is never worse than the start. Stops after
+    ``iters`` iterations or once the preconditioned residual is ``rtol`` times that of a
+    cold start (values to about that relative accuracy: float32 storage needs no more).
+    Returns (values on pos, decrease of the objective from S = 0).
+    """
     m, n = RC.shape
     mask = np.zeros(m * n, dtype=bool)
     mask[pos] = True
     mask = mask.reshape(m, n)
     inv_d = 1.0 / np.diagonal(C)
-    S = np.zeros((m, n))
-    if start is not None:
-        S.ravel()[pos] = start
-    resid = (RC - S @ C) * mask  # minus the gradient of (r − s)ᵀ C (r − s) / 2
+    cold = RC * mask
+    floor = rtol * rtol * float(np.einsum("ij,ij->", cold, cold * inv_d))
+    S = np.zeros((m, n)) if start is None else start * mask
+    resid = cold if start is None else (RC - S @ C) * mask  # -gradient of (r − s)ᵀC(r − s)/2
     z = resid * inv_d
     P, rz = z, np.einsum("ij,ij->i", resid, z)
-    floor = 1e-24 * max(float(np.einsum("ij,ij->", RC * mask, RC * mask * inv_d)), 1e-300)
     for _ in range(iters):
         if float(rz.sum()) <= floor:
             break
@@ -207,7 +211,8 @@ def _cg_rows(RC: np.ndarray, C: np.ndarray, pos: np.ndarray, start: np.ndarray |
         rz_new = np.einsum("ij,ij->i", resid, z)
         beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0)
         P, rz = z + beta[:, None] * P, rz_new
-    return S.ravel()[pos]
+    # 2<S, RC> - <S, SC> = <S, RC> + <S, RC - SC>, the last term being <S, resid>.
+    return S.ravel()[pos], float(np.einsum("ij,ij->", S, RC) + np.einsum("ij,ij->", S, resid))
 
 
 #: Conjugate-gradient iterations of a refit too large to solve row by row exactly.
@@ -220,8 +225,8 @@ def _refit_rows(RC: np.ndarray, C: np.ndarray, pos: np.ndarray,
     and the decrease of that objective they achieve, 2⟨S, R C⟩ − ⟨S, S C⟩.
 
     Exact (per-row solves) while Σ_rows |J|²(|J| + 50) stays below CG_ITERS full
-    products m n² (the cost of the alternative); else CG_ITERS iterations of
-    :func:`_cg_rows` from ``start`` (or 0), the fastest decrease per flop at high density.
+    products m n² (the cost of the alternative); else :func:`_cg_rows` from ``start``
+    (dense (m, n), or 0), the fastest decrease per flop at high density.
     """
     m, n = RC.shape
     rows, cols = np.divmod(pos, n)
@@ -230,10 +235,7 @@ def _refit_rows(RC: np.ndarray, C: np.ndarray, pos: np.ndarray,
     if exact_cost <= CG_ITERS * m * float(n) ** 2:
         values = _solve_rows(RC, C, rows, cols, counts)
         return values, float(RC.ravel()[pos] @ values)
-    values = _cg_rows(RC, C, pos, start, CG_ITERS)
-    S = np.zeros((m, n))
-    S.ravel()[pos] = values
-    return values, float(2.0 * (RC.ravel()[pos] @ values) - np.einsum("ij,ij->", S @ C, S))
+    return _cg_rows(RC, C, pos, start, CG_ITERS)
 
 
 def doping(R: np.ndarray, gram: Gram | None, nnz: int, previous: np.ndarray | None = None,
@@ -277,7 +279,8 @@ def doping(R: np.ndarray, gram: Gram | None, nnz: int, previous: np.ndarray | No
     if previous is None:
         candidates = [(pos, None), (top_positions(np.abs(RC) / root, nnz), None)]
     else:
-        values, gain = _refit_rows(RC, gram.full, previous, start=previous_values)
+        warm = None if previous_values is None else dense_sparse(previous, previous_values, R.shape)
+        values, gain = _refit_rows(RC, gram.full, previous, start=warm)
         S = dense_sparse(previous, values, R.shape)
         Z = S + (RC - gram.times(S)) / gram.diagonal
         candidates = [(previous, (values, gain)), (top_positions(np.abs(Z) * root, nnz), None)]
@@ -285,7 +288,9 @@ def doping(R: np.ndarray, gram: Gram | None, nnz: int, previous: np.ndarray | No
     for support, fitted in candidates:
         if best is not None and np.array_equal(support, best[0]):
             continue
-        values, gain = fitted if fitted is not None else _refit_rows(RC, gram.full, support)
+        # Warm start on the new support: the refit previous values where the two overlap.
+        values, gain = fitted if fitted is not None else _refit_rows(
+            RC, gram.full, support, start=None if previous is None else S)
         if best is None or gain > best[2]:
             best = (support, values, gain)
     return best[0], best[1]

@@ -113,7 +113,8 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
         (weights-only, lowest error of a few factorizations), then refit under C.
     **params
         The fit's own arguments: ``rank`` (all), ``density`` (lowrank_sparse, doped_kron),
-        ``a_shape``, ``b_shape`` (doped_kron), ``n_iter``, ``ridge``, ``tol``.
+        ``a_shape``, ``b_shape`` (doped_kron), ``n_iter`` (default: the fit's; 3 for
+        doped_kron as in ``DopedKroneckerLinear.from_linear``), ``ridge``, ``tol``.
 
     Returns
     -------
@@ -169,6 +170,7 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
             msg = "a_shape, b_shape: doped_kron needs both (or ratio= to choose them)"
             raise ValueError(msg)
         density = params.pop("density", 0.01)
+        params.setdefault("n_iter", 3)  # DopedKroneckerLinear.from_linear's default
         op = doped_kp_fit_calibrated(W, a_shape, b_shape, density, **params, **stats)
         layer = DopedKroneckerLinear(in_f, out_f, op.a_shape, op.b_shape, 0.0, rank=op.rank,
                                      bias=bias, dtype=weight.dtype)
