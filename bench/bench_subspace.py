@@ -13,6 +13,19 @@ same path and the time ratio is the per-step speed-up. Every lpfast benchmark as
 it took the same number of steps and that its final cost is <= the reference's final cost
 * (1 + 1e-3); so ``--benchmark-disable`` turns this file into a correctness test.
 
+Two more groups per case against the plain NumPy way, one thread each:
+
+* ``p2-<case>``: ``test_p2_lpfast`` (``lpfast.lp_subspace(X, k, p=2)``, the whole call)
+  against ``test_p2_numpy`` (``np.linalg.eigh(X.T @ X)``, top k columns; NumPy's matmul
+  forms ``X.T @ X`` by a symmetric rank-k update). Both assert the same p = 2 cost to 1e-4.
+* ``step-<case>``: one p = 1 IRLS step from the same SVD start, ``test_step_lpfast``
+  (``_core.lp_subspace_irls`` with ``max_iter=1``) against ``test_step_numpy`` (distances,
+  weights, ``Xs.T @ Xs`` for ``Xs = sqrt(omega) * X``, ``eigh``, distances again). Both
+  assert the same cost after the step to 1e-4.
+
+On a loaded machine, add ``--benchmark-timer time.process_time`` (CPU time of this
+process; the suites here ran on two cores shared with other jobs).
+
 Environment:
 
 * ``LPFAST_BENCH_FULL=1``     the full grid: (384, 768) x k (64, 128) x (float32, float64)
@@ -36,6 +49,8 @@ import pytest
 
 import lpfast
 import lpfast.reference
+from lpfast import _core
+from lpfast.subspace import default_eps
 
 from _threads import limit_threads
 
@@ -52,7 +67,8 @@ ITERS = int(os.environ.get("LPFAST_BENCH_ITERS", "3"))
 ROUNDS = int(os.environ.get("LPFAST_BENCH_ROUNDS", "3"))
 COST_SLACK = 1e-3
 
-COMPETITORS = ("test_lpfast", "test_reference")
+COMPETITORS = ("test_lpfast", "test_reference", "test_p2_lpfast", "test_p2_numpy",
+               "test_step_lpfast", "test_step_numpy")
 
 
 @dataclass(frozen=True)
@@ -129,3 +145,97 @@ def test_reference(benchmark, case: Case):
     assert n_iter == ITERS
     assert np.all(np.diff(history) <= 1e-6 * history[0])  # majorize-minimize: descends
     benchmark.extra_info.update(cost=history[-1], n_iter=n_iter)
+
+
+def _cost(X: np.ndarray, V: np.ndarray, p: float) -> float:
+    """sum_i dist(x_i, span V)^p in float64 (the check shared by both sides of a group)."""
+    X64, V64 = X.astype(np.float64), V.astype(np.float64)
+    d2 = np.einsum("ij,ij->i", X64, X64) - np.einsum("ij,ij->i", X64 @ V64, X64 @ V64)
+    return float((np.sqrt(np.maximum(d2, 0.0)) ** p).sum())
+
+
+@lru_cache(maxsize=4)
+def p2_cost(d: int, k: int, dtype: str) -> float:
+    """The optimal p = 2 cost, from float64 NumPy."""
+    X = table(d, "float64")
+    _, U = np.linalg.eigh(X.T @ X)
+    return _cost(X, U[:, ::-1][:, :k], 2.0)
+
+
+def numpy_p2(X: np.ndarray, k: int) -> np.ndarray:
+    _, U = np.linalg.eigh(X.T @ X)
+    return U[:, ::-1][:, :k]
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_p2_lpfast(benchmark, case: Case):
+    benchmark.group = f"p2-{case.id}"
+    X = table(case.d, case.dtype)
+    with limit_threads(1):
+        res = benchmark.pedantic(lpfast.lp_subspace, args=(X, case.k, 2.0), rounds=ROUNDS,
+                                 iterations=1, warmup_rounds=1)
+    assert _cost(X, res.basis, 2.0) == pytest.approx(p2_cost(case.d, case.k, case.dtype), rel=1e-4)
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_p2_numpy(benchmark, case: Case):
+    benchmark.group = f"p2-{case.id}"
+    X = table(case.d, case.dtype)
+    with limit_threads(1):
+        V = benchmark.pedantic(numpy_p2, args=(X, case.k), rounds=ROUNDS, iterations=1,
+                               warmup_rounds=1)
+    assert _cost(X, V, 2.0) == pytest.approx(p2_cost(case.d, case.k, case.dtype), rel=1e-4)
+
+
+def numpy_step(X: np.ndarray, V: np.ndarray, p: float, eps: float) -> tuple[np.ndarray, float]:
+    """One IRLS step as NumPy would write it: (next basis, its cost)."""
+    sq = np.einsum("ij,ij->i", X, X)
+
+    def dist(B):
+        P = X @ B
+        return np.sqrt(np.maximum(sq - np.einsum("ij,ij->i", P, P), 0.0))
+
+    omega = np.maximum(dist(V), eps) ** (p - 2.0)
+    Xs = X * np.sqrt(omega / omega.max()).astype(X.dtype)[:, None]
+    _, U = np.linalg.eigh(Xs.T @ Xs)
+    V1 = np.ascontiguousarray(U[:, ::-1][:, :V.shape[1]])
+    return V1, float((dist(V1).astype(np.float64) ** p).sum())
+
+
+@lru_cache(maxsize=4)
+def step_start(d: int, k: int, dtype: str) -> tuple[np.ndarray, float]:
+    X = table(d, dtype)
+    with limit_threads(1):
+        V0 = _core.weighted_pca(X, None, k)
+    return V0, default_eps(X, None)
+
+
+@lru_cache(maxsize=4)
+def step_cost(d: int, k: int, dtype: str) -> float:
+    """Cost after one p = 1 step, from float64 NumPy."""
+    V0, eps = step_start(d, k, dtype)
+    return numpy_step(table(d, "float64"), V0.astype(np.float64), P, eps)[1]
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_step_lpfast(benchmark, case: Case):
+    benchmark.group = f"step-{case.id}"
+    X = table(case.d, case.dtype)
+    V0, eps = step_start(case.d, case.k, case.dtype)
+    with limit_threads(1):
+        _, history, n_iter, _ = benchmark.pedantic(
+            _core.lp_subspace_irls, args=(X, None, V0, P, eps, 0.0, 1, None), rounds=ROUNDS,
+            iterations=1, warmup_rounds=1)
+    assert n_iter == 1
+    assert history[-1] == pytest.approx(step_cost(case.d, case.k, case.dtype), rel=1e-4)
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_step_numpy(benchmark, case: Case):
+    benchmark.group = f"step-{case.id}"
+    X = table(case.d, case.dtype)
+    V0, eps = step_start(case.d, case.k, case.dtype)
+    with limit_threads(1):
+        _, cost = benchmark.pedantic(numpy_step, args=(X, V0, P, eps), rounds=ROUNDS,
+                                     iterations=1, warmup_rounds=1)
+    assert cost == pytest.approx(step_cost(case.d, case.k, case.dtype), rel=1e-4)

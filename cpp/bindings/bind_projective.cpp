@@ -30,11 +30,11 @@ ks::Seeding seeding_of(int code) {
 }
 
 template <class T>
-std::vector<ks::MatD> bases_in(const CArray<T>& B, std::int64_t d, const char* name) {
+std::vector<lpfast::MatD> bases_in(const CArray<T>& B, std::int64_t d, const char* name) {
   expect_ndim(B, 3, name);
   expect_dim(B, 1, d, name);
   const std::int64_t k = B.shape(0), j = B.shape(2);
-  std::vector<ks::MatD> V(k, ks::MatD(d, j));
+  std::vector<lpfast::MatD> V(k, lpfast::MatD(d, j));
   const T* b = B.data();
   for (std::int64_t c = 0; c < k; ++c)
     for (std::int64_t r = 0; r < d; ++r)
@@ -43,7 +43,7 @@ std::vector<ks::MatD> bases_in(const CArray<T>& B, std::int64_t d, const char* n
 }
 
 template <class T>
-CArray<T> bases_out(const std::vector<ks::MatD>& V) {
+CArray<T> bases_out(const std::vector<lpfast::MatD>& V) {
   const std::int64_t k = static_cast<std::int64_t>(V.size()), d = V[0].rows(), j = V[0].cols();
   CArray<T> B({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(d), static_cast<py::ssize_t>(j)});
   T* b = B.mutable_data();
@@ -77,7 +77,7 @@ py::tuple fit_py(const CArray<T>& X, const CArray<double>& weights, int n_subspa
   opt.eps = eps;
   opt.irls_steps = irls_steps;
   const ks::Seeding how = seeding_of(seeding);
-  std::vector<ks::MatD> V0;
+  std::vector<lpfast::MatD> V0;
   if (init_bases) {
     V0 = bases_in(*init_bases, d, "init_bases");
     expect_dim(*init_bases, 0, n_subspaces, "init_bases");
@@ -120,7 +120,7 @@ CArray<T> seed_py(const CArray<T>& X, const CArray<double>& weights, int n_subsp
   const ks::Seeding how = seeding_of(seeding);
   const double* w = weights_of<T>(weights, n);
   const T* x = X.data();
-  std::vector<ks::MatD> V;
+  std::vector<lpfast::MatD> V;
   {
     py::gil_scoped_release release;  // raw buffers only
     ks::Data<T> data(x, w, n, d);
@@ -134,7 +134,7 @@ template <class T>
 py::tuple assign_py(const CArray<T>& X, const CArray<T>& bases) {
   expect_ndim(X, 2, "X");
   const std::int64_t n = X.shape(0), d = X.shape(1);
-  std::vector<ks::MatD> V = bases_in(bases, d, "bases");
+  std::vector<lpfast::MatD> V = bases_in(bases, d, "bases");
   if (V.empty()) throw std::invalid_argument("bases: need at least one subspace");
   const std::int64_t j = V[0].cols();
   CArray<std::int64_t> labels(static_cast<py::ssize_t>(n));

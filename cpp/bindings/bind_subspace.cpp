@@ -11,7 +11,7 @@
 
 #include "array.hpp"
 #include "lpfast/irls.hpp"
-#include "lpfast/linalg.hpp"
+#include "lpfast/distances.hpp"
 
 namespace py = pybind11;
 using lpfast_bind::CArray;

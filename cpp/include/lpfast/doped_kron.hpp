@@ -22,6 +22,7 @@
 #include "parallel.hpp"
 #include "sell.hpp"
 #include "small_gemm.hpp"
+#include "types.hpp"
 
 namespace lpfast {
 
@@ -37,18 +38,6 @@ struct KronFactors {
 };
 
 namespace detail {
-
-template <class T>
-using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using ConstRowMap = Eigen::Map<const RowMatrix<T>>;
-template <class T>
-using RowMap = Eigen::Map<RowMatrix<T>>;
-
-// [lo, hi) of `count` items for thread `tid` of `team`.
-inline std::pair<std::int64_t, std::int64_t> static_range(std::int64_t count, int tid, int team) {
-  return {count * tid / team, count * (tid + 1) / team};
-}
 
 // All scratch of one call, shared by its team: t holds X B_r^T for every row of x; xt holds
 // a WIDTH-wide slice of x transposed for the batched sparse product.
@@ -249,7 +238,7 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
     if (team > 1) {
 #pragma omp barrier
     }
-    const auto [i0, i1] = detail::static_range(batch * m, tid, team);
+    const auto [i0, i1] = static_range(batch * m, tid, team);
     for (std::int64_t i = i0; i < i1; ++i) y[i] += sx[i];
   }
 }
@@ -262,7 +251,7 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
 template <class T>
 void kron_factor_grads(const T* x, const T* dy, std::int64_t batch, const KronFactors<T>& kp,
                        T* dA, T* dB) {
-  using Mat = detail::RowMatrix<T>;
+  using Mat = RowMat<T>;
   const std::int64_t m = kp.rows(), n = kp.cols(), R = kp.rank;
   const double flops = 8.0 * batch * R * kp.n1 * kp.m2 * (kp.n2 + kp.m1);
   const int nt = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(
@@ -272,16 +261,16 @@ void kron_factor_grads(const T* x, const T* dy, std::int64_t batch, const KronFa
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), team = team_size();
-    const auto [b0, b1] = detail::static_range(batch, tid, team);
+    const auto [b0, b1] = static_range(batch, tid, team);
     Mat q(kp.m1, kp.n2), p(kp.n1, kp.m2);
     for (std::int64_t r = 0; r < R; ++r) {
-      const detail::ConstRowMap<T> a(kp.A + r * kp.m1 * kp.n1, kp.m1, kp.n1);
-      const detail::ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
+      const ConstRowMap<T> a(kp.A + r * kp.m1 * kp.n1, kp.m1, kp.n1);
+      const ConstRowMap<T> b(kp.B + r * kp.m2 * kp.n2, kp.m2, kp.n2);
       Mat& ga = part_a[static_cast<std::size_t>(tid * R + r)];
       Mat& gb = part_b[static_cast<std::size_t>(tid * R + r)];
       for (std::int64_t i = b0; i < b1; ++i) {
-        const detail::ConstRowMap<T> xb(x + i * n, kp.n1, kp.n2);
-        const detail::ConstRowMap<T> dyb(dy + i * m, kp.m1, kp.m2);
+        const ConstRowMap<T> xb(x + i * n, kp.n1, kp.n2);
+        const ConstRowMap<T> dyb(dy + i * m, kp.m1, kp.m2);
         q.noalias() = dyb * b;
         ga.noalias() += q * xb.transpose();
         p.noalias() = a.transpose() * dyb;
@@ -290,8 +279,8 @@ void kron_factor_grads(const T* x, const T* dy, std::int64_t batch, const KronFa
     }
   }
   for (std::int64_t r = 0; r < R; ++r) {
-    detail::RowMap<T> ga(dA + r * kp.m1 * kp.n1, kp.m1, kp.n1);
-    detail::RowMap<T> gb(dB + r * kp.m2 * kp.n2, kp.m2, kp.n2);
+    RowMap<T> ga(dA + r * kp.m1 * kp.n1, kp.m1, kp.n1);
+    RowMap<T> gb(dB + r * kp.m2 * kp.n2, kp.m2, kp.n2);
     ga.setZero();
     gb.setZero();
     for (int t = 0; t < nt; ++t) {
@@ -311,12 +300,11 @@ void csr_sampled_product(const T* dy, const T* x, std::int64_t batch, const CsrV
   if (nnz == 0) return;
   const int nt = threads_for(2.0 * nnz * batch);
   const auto bounds = balanced_row_split(pattern.indptr, rows, nt);
-  using ColMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
   // Column-major (batch x rows) of row-major (rows x batch) data is the transpose we need.
-  ColMat dyt, xt;
+  ColMat<T> dyt, xt;
   if (batch > 1) {
-    dyt = detail::ConstRowMap<T>(dy, batch, rows);
-    xt = detail::ConstRowMap<T>(x, batch, cols);
+    dyt = ConstRowMap<T>(dy, batch, rows);
+    xt = ConstRowMap<T>(x, batch, cols);
   }
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {

@@ -8,7 +8,8 @@
 // increases. For p > 2 there is no such guarantee: a step that raises the cost is rejected
 // and the fit stops at the last improving basis.
 //
-// How a step is computed, and why (30522 x 768, k = 128, float64, one Zen 4 core):
+// How a step is computed, and why (30522 x 768, k = 128, float64, one Zen 4 core, before
+// the shared blocks below):
 //   * NumPy reference, SVD of sqrt(omega) X:                              5.4 s
 //   * weighted Gram X^T diag(omega) X as blocked symmetric rank updates:  0.50 s
 //     + Eigen SelfAdjointEigenSolver on the (d, d) Gram:                  0.17 s
@@ -19,7 +20,11 @@
 // reference), and on flat spectra (e.g. Gaussian data: Marchenko-Pastur eigenvalues all
 // within ~[0.7, 1.3] of each other at this aspect ratio) many power steps are needed per
 // IRLS step before the top-k subspace is resolved, so the Gram's fixed n*d^2/2 wins. The
-// Gram is formed once per step and its eigenproblem costs d^3 independently of n.
+// Gram is formed once per step (gram.hpp: the register-blocked kernel, fixed segments, so
+// results do not depend on the thread count) and its top-k eigenvectors come from
+// sym_eigen.hpp, warm-started at the current basis (a Krylov step or two once the
+// iterates settle; the dense bisection solver otherwise): the eigensolve then costs little
+// next to the Gram's n*d^2 and the distances' 2*n*d*k.
 #pragma once
 
 #include <algorithm>
@@ -31,8 +36,10 @@
 
 #include <Eigen/Core>
 
-#include "linalg.hpp"
-#include "parallel.hpp"
+#include "gram.hpp"
+#include "distances.hpp"
+#include "sym_eigen.hpp"
+#include "types.hpp"
 
 namespace lpfast {
 
@@ -65,30 +72,44 @@ double lp_cost_from_distances(const T* dist, const T* w, std::int64_t n, double 
   return total;
 }
 
-// omega_i = w_i * max(dist_i, eps)^(p - 2), computed in double and scaled so that its
-// largest entry is 1 (a common factor does not change the eigenvectors, and the scaling
-// keeps float32 weights in range for large p).
+// sqrt(omega_i) with omega_i = w_i * max(dist_i, eps)^(p - 2), computed in double and
+// scaled so that the largest omega is 1 (a common factor does not change the eigenvectors,
+// and the scaling keeps float32 Grams in range for large p). These are the row scales of
+// the weighted Gram (gram.hpp).
 template <class T>
-void irls_weights(const T* dist, const T* w, std::int64_t n, double p, double eps, T* omega) {
-  std::vector<double> om(static_cast<std::size_t>(n));
+void irls_sqrt_weights(const T* dist, const T* w, std::int64_t n, double p, double eps,
+                       std::vector<double>& sqrt_omega) {
+  sqrt_omega.resize(static_cast<std::size_t>(n));
   double top = 0.0;
   for (std::int64_t i = 0; i < n; ++i) {
     const double di = std::max(static_cast<double>(dist[i]), eps);
     const double base = p == 1.0 ? 1.0 / di : p == 2.0 ? 1.0 : std::pow(di, p - 2.0);
-    om[i] = w != nullptr ? static_cast<double>(w[i]) * base : base;
-    top = std::max(top, om[i]);
+    sqrt_omega[i] = w != nullptr ? static_cast<double>(w[i]) * base : base;
+    top = std::max(top, sqrt_omega[i]);
   }
   const double scale = top > 0.0 && std::isfinite(top) ? 1.0 / top : 1.0;
-  for (std::int64_t i = 0; i < n; ++i) omega[i] = static_cast<T>(om[i] * scale);
+  for (auto& s : sqrt_omega) s = std::sqrt(s * scale);
+}
+
+// sqrt(w_i) in double (w == nullptr: an empty vector, meaning ones).
+template <class T>
+std::vector<double> sqrt_weights(const T* w, std::int64_t n) {
+  std::vector<double> s;
+  if (w == nullptr) return s;
+  s.resize(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) s[i] = std::sqrt(static_cast<double>(w[i]));
+  return s;
 }
 
 // The weighted PCA basis: top-k eigenvectors of X^T diag(w) X (w == nullptr: ones), i.e. the
 // optimal p = 2 subspace and the "svd" start of the IRLS. V: (d, k) row-major, output.
 template <class T>
 void weighted_pca(const T* X, std::int64_t n, std::int64_t d, const T* w, std::int64_t k, T* V) {
-  la::ColMat<T> G;
-  la::weighted_gram_lower(X, n, d, w, G);
-  la::top_eigenvectors(G, k, V);
+  if (k < 1 || k > d) throw std::invalid_argument("k: expected 1 <= k <= d");
+  const std::vector<double> s = sqrt_weights(w, n);
+  MatD G;
+  weighted_gram_lower<T>(X, n, d, s.empty() ? nullptr : s.data(), G);
+  top_eigenvectors_rowmajor<T>(G, k, static_cast<const T*>(nullptr), V);
 }
 
 // The IRLS fit. V (d, k) row-major holds the start basis (orthonormal columns) on entry and
@@ -106,9 +127,10 @@ IrlsResult lp_subspace_irls(const T* X, std::int64_t n, std::int64_t d, const T*
   if (k < 1 || k > d) throw std::invalid_argument("k: expected 1 <= k <= d");
 
   const std::size_t nn = static_cast<std::size_t>(n);
-  std::vector<T> row_sq(nn), dist(nn), next_dist(nn), omega(nn);
+  std::vector<T> row_sq(nn), dist(nn), next_dist(nn);
+  std::vector<double> sqrt_omega;
   std::vector<T> next_v(static_cast<std::size_t>(d * k));
-  la::ColMat<T> G;
+  MatD G;
   la::row_squared_norms(X, n, d, row_sq.data());
 
   IrlsResult res;
@@ -121,9 +143,10 @@ IrlsResult lp_subspace_irls(const T* X, std::int64_t n, std::int64_t d, const T*
     return res;
   }
   for (int it = 1; it <= opt.max_iter; ++it) {
-    irls_weights(dist.data(), w, n, opt.p, opt.eps, omega.data());
-    la::weighted_gram_lower(X, n, d, omega.data(), G);
-    la::top_eigenvectors(G, k, next_v.data());
+    irls_sqrt_weights(dist.data(), w, n, opt.p, opt.eps, sqrt_omega);
+    weighted_gram_lower<T>(X, n, d, sqrt_omega.data(), G);
+    // Warm-started at the current basis: after the first steps it is close to the next one.
+    top_eigenvectors_rowmajor<T>(G, k, V, next_v.data());
     la::subspace_distances(X, n, d, row_sq.data(), next_v.data(), k, next_dist.data());
     const double next_cost = lp_cost_from_distances(next_dist.data(), w, n, opt.p);
     const bool small = std::abs(cost - next_cost) <= opt.tol * cost;

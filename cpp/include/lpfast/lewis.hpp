@@ -13,8 +13,7 @@
 // embedding-like data the iteration needs ~8 steps instead of ~30 for tol = 1e-8 at p = 1.
 //
 // Exact method, per step: the Gram M = X^T diag(s) X (s = w^(1-2/p)) accumulated in double
-// by a symmetric rank-k update over blocks of rows, split across threads and summed in
-// thread order (deterministic for a given thread count); M is equilibrated to unit
+// by gram.hpp (fixed segments, the same for any thread count); M is equilibrated to unit
 // diagonal and Cholesky-factored; tau_i = |L^-1 x_i|^2 by triangular solves over blocks of
 // rows (in the input precision). A rank-deficient or numerically singular M (a pivot of
 // the equilibrated factor below rcond = 100 d eps(double)) switches to the pseudo-inverse
@@ -29,6 +28,8 @@
 // exact row norms with the sketched factor when that is cheaper (2 k >= d). Finally w is
 // rescaled to sum to the sketch's rank (removing the sketch's overall bias). Cost per
 // step: O(n d k + d^3), i.e. n d (2 k + 1) + 4 d^3 flops instead of 2 n d^2.
+//
+// This file holds the iteration; lewis_tau.hpp computes the scores tau of each step.
 #pragma once
 
 #include <algorithm>
@@ -39,11 +40,12 @@
 #include <stdexcept>
 #include <vector>
 
-#include <Eigen/Cholesky>
 #include <Eigen/Core>
-#include <Eigen/Eigenvalues>
 
+#include "lewis_tau.hpp"
 #include "parallel.hpp"
+#include "rng.hpp"
+#include "types.hpp"
 
 namespace lpfast {
 
@@ -64,270 +66,6 @@ struct LewisInfo {
 };
 
 namespace lewis_detail {
-
-using MatD = Eigen::MatrixXd;
-template <class T>
-using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-template <class T>
-using RowMatMap = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-template <class T>
-using ColMatMap = Eigen::Map<const Mat<T>>;
-
-constexpr std::int64_t kBlock = 256;  // rows per block in the Gram and solve passes
-
-inline std::pair<std::int64_t, std::int64_t> split(std::int64_t count, int tid, int team) {
-  return {count * tid / team, count * (tid + 1) / team};
-}
-
-// splitmix64: tiny, portable, and the same stream on every platform.
-struct Rng {
-  std::uint64_t s;
-  explicit Rng(std::uint64_t seed) : s(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }
-  double normal() {  // Box-Muller, one value per call (simple beats fast here)
-    const double u = uniform(), v = uniform();
-    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
-  }
-};
-
-inline MatD gaussian(std::int64_t rows, std::int64_t cols, Rng& rng) {
-  MatD G(rows, cols);
-  for (std::int64_t j = 0; j < cols; ++j)
-    for (std::int64_t i = 0; i < rows; ++i) G(i, j) = rng.normal();
-  return G;
-}
-
-// tau_i = x_i^T M^+ x_i through either a lower-triangular L with M = L L^T (full rank) or
-// B (d x r) with M^+ = B B^T (pseudo-inverse of a rank-r M).
-struct Factor {
-  bool cholesky = true;
-  std::int64_t rank = 0;
-  MatD L;  // d x d lower triangular
-  MatD B;  // d x r
-
-  // H (d x k) with tau_i = |x_i^T H|^2 / k in expectation over the Gaussian G (d x k).
-  MatD jl_map(const MatD& G) const {
-    if (cholesky) return L.transpose().triangularView<Eigen::Upper>().solve(G);
-    return B * G.topRows(B.cols());
-  }
-};
-
-// Factor the symmetric (full) Gram M, d x d, after equilibrating it to unit diagonal.
-inline Factor factor_gram(const MatD& M) {
-  const std::int64_t d = M.rows();
-  const double rcond = 100.0 * static_cast<double>(d) * std::numeric_limits<double>::epsilon();
-  Eigen::VectorXd scale(d);  // 1/sqrt(M_jj), 0 for a zero column
-  bool zero_col = false;
-  for (std::int64_t j = 0; j < d; ++j) {
-    const double m = M(j, j);
-    scale(j) = m > 0 ? 1.0 / std::sqrt(m) : 0.0;
-    zero_col |= !(m > 0);
-  }
-  const MatD Mt = scale.asDiagonal() * M * scale.asDiagonal();
-  Factor f;
-  if (!zero_col) {
-    Eigen::LLT<MatD> llt(Mt);
-    if (llt.info() == Eigen::Success) {
-      const Eigen::VectorXd diag = llt.matrixLLT().diagonal();
-      if (diag.size() == 0 || diag.cwiseAbs2().minCoeff() > rcond) {
-        // M = D^1/2 Lt Lt^T D^1/2, so L = D^1/2 Lt.
-        f.L = MatD(llt.matrixL());
-        for (std::int64_t j = 0; j < d; ++j) f.L.row(j) /= scale(j);
-        f.rank = d;
-        return f;
-      }
-    }
-  }
-  // Pseudo-inverse: M = D^1/2 Q diag(l) Q^T D^1/2 restricted to the kept eigenpairs;
-  // tau_i = |l^-1/2 Q^T D^-1/2 x_i|^2 for x_i in the range of M (rows of X are).
-  Eigen::SelfAdjointEigenSolver<MatD> eig(Mt);
-  if (eig.info() != Eigen::Success) throw std::runtime_error("X: eigendecomposition failed");
-  const Eigen::VectorXd& l = eig.eigenvalues();  // ascending
-  const double lmax = d > 0 ? l(d - 1) : 0.0;
-  std::int64_t r = 0;
-  while (r < d && lmax > 0 && l(d - 1 - r) > rcond * lmax) ++r;
-  f.cholesky = false;
-  f.rank = r;
-  f.B.resize(d, r);
-  for (std::int64_t c = 0; c < r; ++c) {
-    const std::int64_t src = d - 1 - c;
-    f.B.col(c) = scale.cwiseProduct(eig.eigenvectors().col(src)) / std::sqrt(l(src));
-  }
-  return f;
-}
-
-// M = X^T diag(s) X (lower and upper), via per-thread rank-k updates in double.
-template <class T>
-MatD weighted_gram(const T* X, std::int64_t n, std::int64_t d, const std::vector<double>& sqrt_s) {
-  const int nt = threads_for(static_cast<double>(n) * d * d, 2.0e7);
-  // Zero-filled up front: the runtime may grant a smaller team and leave some parts unused.
-  std::vector<MatD> parts(nt, MatD::Zero(d, d));
-  ExceptionGuard guard;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  guard.run([&] {
-    const int tid = thread_id(), team = team_size();
-    MatD& G = parts[tid];
-    G.setZero(d, d);
-    MatD buf(d, kBlock);
-    const auto [r0, r1] = split(n, tid, team);
-    for (std::int64_t b0 = r0; b0 < r1; b0 += kBlock) {
-      const std::int64_t nb = std::min(kBlock, r1 - b0);
-      std::int64_t cols = 0;
-      for (std::int64_t i = b0; i < b0 + nb; ++i) {
-        if (sqrt_s[i] == 0) continue;
-        buf.col(cols++) =
-            sqrt_s[i] * Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(X + i * d, d).template cast<double>();
-      }
-      if (cols > 0) G.selfadjointView<Eigen::Lower>().rankUpdate(buf.leftCols(cols));
-    }
-  });
-  guard.rethrow();
-  MatD M = parts[0];
-  for (int t = 1; t < nt; ++t) M += parts[t];  // fixed order: deterministic
-  M.triangularView<Eigen::StrictlyUpper>() = M.transpose();
-  return M;
-}
-
-// tau_i = x_i^T M^+ x_i for all rows, in the input precision.
-template <class T>
-void exact_tau(const T* X, std::int64_t n, std::int64_t d, const Factor& f, std::vector<double>& tau) {
-  const Mat<T> L = f.cholesky ? f.L.cast<T>() : Mat<T>();
-  const Mat<T> Bt = f.cholesky ? Mat<T>() : Mat<T>(f.B.transpose().cast<T>());
-  const int nt = threads_for(static_cast<double>(n) * d * d, 2.0e7);
-  ExceptionGuard guard;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  guard.run([&] {
-    const int tid = thread_id(), team = team_size();
-    Mat<T> buf(f.cholesky ? d : Bt.rows(), kBlock);
-    const auto [r0, r1] = split(n, tid, team);
-    for (std::int64_t b0 = r0; b0 < r1; b0 += kBlock) {
-      const std::int64_t nb = std::min(kBlock, r1 - b0);
-      const ColMatMap<T> xt(X + b0 * d, d, nb);  // rows of the block as columns
-      auto z = buf.leftCols(nb);
-      if (f.cholesky) {
-        z = xt;
-        L.template triangularView<Eigen::Lower>().solveInPlace(z);
-      } else {
-        z.noalias() = Bt * xt;
-      }
-      for (std::int64_t j = 0; j < nb; ++j) tau[b0 + j] = static_cast<double>(z.col(j).squaredNorm());
-    }
-  });
-  guard.rethrow();
-}
-
-// Columns of the JL map of the sketched iterations (the final evaluation uses more).
-inline constexpr int kJlIterCols = 16;
-
-// tau_i ~ |x_i^T H|^2 / K for a narrow H (d x K, K = kJlIterCols: the iterations' JL map): each row
-// is streamed once and z_i = sum_t x_it H_t accumulated by broadcast FMAs, four rows at a
-// time for independent dependency chains. A GEMM would pack every block of X first: perf
-// showed packing plus the skinny GEMM at 45% of a sketched fit (30522 x 384).
-template <int K, class T>
-void jl_tau_narrow(const T* X, std::int64_t n, std::int64_t d, const Mat<T>& Ht,
-                   std::vector<double>& tau) {
-  using Lane = Eigen::Array<T, K, 1>;
-  std::vector<Lane, Eigen::aligned_allocator<Lane>> rows(static_cast<std::size_t>(d));
-  for (std::int64_t t = 0; t < d; ++t) rows[t] = Ht.row(t).transpose().array();
-  const int nt = threads_for(2.0 * n * d * K, 2.0e7);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (std::int64_t i0 = 0; i0 < n; i0 += 4) {
-    const std::int64_t m = std::min<std::int64_t>(4, n - i0);
-    Lane z[4] = {Lane::Zero(), Lane::Zero(), Lane::Zero(), Lane::Zero()};
-    const T* x[4];
-    for (std::int64_t r = 0; r < 4; ++r) x[r] = X + (i0 + std::min(r, m - 1)) * d;
-    for (std::int64_t t = 0; t < d; ++t) {
-      const Lane& h = rows[t];
-      z[0] += x[0][t] * h;
-      z[1] += x[1][t] * h;
-      z[2] += x[2][t] * h;
-      z[3] += x[3][t] * h;
-    }
-    for (std::int64_t r = 0; r < m; ++r)
-      tau[i0 + r] = static_cast<double>(z[r].matrix().squaredNorm()) / static_cast<double>(K);
-  }
-}
-
-// tau_i ~ |x_i^T H|^2 / k for H = d x k.
-template <class T>
-void jl_tau(const T* X, std::int64_t n, std::int64_t d, const MatD& H, std::vector<double>& tau) {
-  const std::int64_t k = H.cols();
-  const Mat<T> Ht = H.cast<T>();
-  if (k == kJlIterCols) return jl_tau_narrow<kJlIterCols>(X, n, d, Ht, tau);
-  const int nt = threads_for(2.0 * n * d * k, 2.0e7);
-  ExceptionGuard guard;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  guard.run([&] {
-    const int tid = thread_id(), team = team_size();
-    // Blocks of kJlBlock rows: fewer, larger GEMMs (each one packs its block of X).
-    constexpr std::int64_t kJlBlock = 4096;
-    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> z(kJlBlock, k);
-    const auto [r0, r1] = split(n, tid, team);
-    for (std::int64_t b0 = r0; b0 < r1; b0 += kJlBlock) {
-      const std::int64_t nb = std::min(kJlBlock, r1 - b0);
-      const RowMatMap<T> xb(X + b0 * d, nb, d);
-      z.topRows(nb).noalias() = xb * Ht;
-      for (std::int64_t j = 0; j < nb; ++j)
-        tau[b0 + j] = static_cast<double>(z.row(j).squaredNorm()) / static_cast<double>(k);
-    }
-  });
-  guard.rethrow();
-}
-
-// CountSketch with `rows` buckets: row i goes to bucket[i] with sign sign[i];
-// each bucket sums its rows in increasing row order, so the sketch is deterministic.
-struct CountSketch {
-  std::int64_t rows = 0;
-  std::vector<std::int64_t> bucket;  // n
-  std::vector<double> sign;          // n
-
-  CountSketch(std::int64_t n, std::int64_t m, Rng& rng) : rows(m), bucket(n), sign(n) {
-    for (std::int64_t i = 0; i < n; ++i) {
-      const std::uint64_t r = rng.next();
-      bucket[i] = static_cast<std::int64_t>((r >> 1) % static_cast<std::uint64_t>(m));
-      sign[i] = (r & 1) ? 1.0 : -1.0;
-    }
-  }
-
-  // (Pi diag(sqrt_s) X)^T (Pi diag(sqrt_s) X), d x d, full.
-  template <class T>
-  MatD gram(const T* X, std::int64_t d, const std::vector<double>& sqrt_s) const {
-    const std::int64_t n = static_cast<std::int64_t>(bucket.size());
-    const int nt = threads_for(static_cast<double>(rows) * d * d + static_cast<double>(n) * d, 2.0e7);
-    MatD SX(d, rows);  // bucket b is column b
-    // Zero-filled up front: the runtime may grant a smaller team and leave some parts unused.
-  std::vector<MatD> parts(nt, MatD::Zero(d, d));
-    ExceptionGuard guard;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    guard.run([&] {
-      const int tid = thread_id(), team = team_size();
-      const auto [c0, c1] = split(rows, tid, team);
-      SX.middleCols(c0, c1 - c0).setZero();
-      // Rows in increasing order (each bucket's sum in that order, as before): streaming X
-      // instead of visiting its rows bucket by bucket was 3x faster (hardware prefetch).
-      for (std::int64_t i = 0; i < n; ++i) {
-        const std::int64_t b = bucket[i];
-        if (b < c0 || b >= c1 || sqrt_s[i] == 0) continue;
-        SX.col(b) += (sign[i] * sqrt_s[i]) *
-                     Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(X + i * d, d).template cast<double>();
-      }
-      MatD& G = parts[tid];
-      G.setZero(d, d);
-      if (c1 > c0) G.selfadjointView<Eigen::Lower>().rankUpdate(SX.middleCols(c0, c1 - c0));
-    });
-    guard.rethrow();
-    MatD M = parts[0];
-    for (int t = 1; t < nt; ++t) M += parts[t];
-    M.triangularView<Eigen::StrictlyUpper>() = M.transpose();
-    return M;
-  }
-};
 
 // One scale-corrected step: w <- c^(1-p/2) f with f = tau^(p/2), c = (sum f / sum w)^(2/p).
 // Returns the max relative change.

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <utility>
 
 #ifdef LPFAST_HAVE_OPENMP
 #include <omp.h>
@@ -90,5 +91,32 @@ class ExceptionGuard {
   std::exception_ptr error_;
   std::mutex mutex_;
 };
+
+// [lo, hi) of `count` items for thread `tid` of `team`: contiguous, in thread order.
+inline std::pair<std::int64_t, std::int64_t> static_range(std::int64_t count, int tid, int team) {
+  return {count * tid / team, count * (tid + 1) / team};
+}
+
+// Runs f(tid, team) on a team of up to nt threads (inline when nt <= 1). The first
+// exception any thread throws is rethrown here after the join, so callers see the same
+// exception as from serial code. f must not wait at a barrier: a thread that threw would
+// never reach it.
+template <class F>
+void parallel_region(int nt, F&& f) {
+  ExceptionGuard guard;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  guard.run([&] { f(thread_id(), team_size()); });
+  guard.rethrow();
+}
+
+// f(i) for i in [0, count), handed out one at a time to up to nt threads (for items of
+// uneven cost, e.g. restarts); exceptions as in parallel_region.
+template <class F>
+void parallel_for_dynamic(int nt, std::int64_t count, F&& f) {
+  ExceptionGuard guard;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+  for (std::int64_t i = 0; i < count; ++i) guard.run([&] { f(i); });
+  guard.rethrow();
+}
 
 }  // namespace lpfast

@@ -1,14 +1,17 @@
-// C = P Q (or C += P Q) for row-major float32 matrices with short inner dimension, and the
-// lower triangle of Y^T Y: the doped Kronecker operator's GEMMs, and k-subspaces' assignment
-// GEMMs and Grams.
+// C = P Q (or C += P Q) for row-major matrices with short inner dimension, and the lower
+// triangle of Y^T Y: the doped Kronecker operator's GEMMs, k-subspaces' assignment GEMMs,
+// and every weighted Gram of the core (gram.hpp), in float and double.
 //
 // Why not Eigen: at these shapes Eigen's GEMM packs both operands on every call and ran at
 // 60-70% of the FMA peak (the two 64 x 64 x 64 GEMMs of one 4096 x 4096 Kronecker product:
 // 12.9 us on one Zen 4 core; 512 x 384 x 320 assignment chunks: 67 GFLOP/s). Broadcasting
 // entries of P and streaming rows of Q (B transposed once by the prepared operator) runs near
-// the peak (9.2 us; 104 GFLOP/s). Blocks of kRows rows x 64 columns keep 24 accumulators in
+// the peak (9.2 us; 104 GFLOP/s). Blocks of 6 rows x kNV vectors keep the accumulators in
 // registers; the last column block is masked, so any N works. Each C entry is summed over k
-// in order.
+// in order. The kernel is written once over a small SIMD traits class (AVX-512 or AVX2 +
+// FMA). The GEMMs use it with AVX-512 only (small_gemm_serves): their AVX2 speed against
+// Eigen's was not measured; the Gram uses it with AVX2 too (30522 x 384 float32 on a Zen 3
+// core: 82-95 ms against 88-118 ms for Eigen's rank updates, CPU time, loaded machine).
 #pragma once
 
 #include <algorithm>
@@ -17,13 +20,97 @@
 
 #include <Eigen/Core>
 
-#if defined(__AVX512F__)
+#include "types.hpp"
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
 namespace lpfast {
 
+namespace detail {
+
+// The vector instructions the kernels are written in, per (scalar, ISA): 512-bit AVX-512
+// where the compiler targets it, else 256-bit AVX2 + FMA. kNV vectors per row of a block:
+// kRows x kNV accumulators + kNV row vectors of Q + one broadcast fit the register file
+// (AVX-512: 6 x 4 + 4 of 32; AVX2: 6 x 2 + 2 + 1 of 16).
+template <class T>
+struct Simd;
 #if defined(__AVX512F__)
+inline constexpr int kSimdBits = 512;
+template <>
+struct Simd<float> {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr int kWidth = 16, kNV = 4;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static Mask tail(int last) { return static_cast<Mask>((1u << last) - 1u); }
+};
+template <>
+struct Simd<double> {
+  using V = __m512d;
+  using Mask = __mmask8;
+  static constexpr int kWidth = 8, kNV = 4;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V load(Mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static V set1(double x) { return _mm512_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static void store(double* p, Mask m, V v) { _mm512_mask_storeu_pd(p, m, v); }
+  static Mask tail(int last) { return static_cast<Mask>((1u << last) - 1u); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+inline constexpr int kSimdBits = 256;
+template <>
+struct Simd<float> {
+  using V = __m256;
+  using Mask = __m256i;
+  static constexpr int kWidth = 8, kNV = 2;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store(float* p, Mask m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static Mask tail(int last) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(last), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+};
+template <>
+struct Simd<double> {
+  using V = __m256d;
+  using Mask = __m256i;
+  static constexpr int kWidth = 4, kNV = 2;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V load(Mask m, const double* p) { return _mm256_maskload_pd(p, m); }
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static void store(double* p, Mask m, V v) { _mm256_maskstore_pd(p, m, v); }
+  static Mask tail(int last) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(last), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+};
+#else
+inline constexpr int kSimdBits = 0;
+#endif
+
+}  // namespace detail
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 inline constexpr bool kHasSmallGemm = true;
 
 namespace detail {
@@ -38,121 +125,123 @@ namespace detail {
 #define LPFAST_UNROLL
 #endif
 
-// Where the kernels read their operands: p(k, i) is P's entry (i, k) and q(k) points at row
-// k of Q.
+// Where the kernels read their operands: p(k, i) is P's entry (i, k) and q(k, j0) points at
+// row k of Q from column j0 (a multiple of the column block width).
+template <class T>
 struct RowMajorOperands {  // P (M x K) and Q (K x N), row-major
-  const float* P;
+  const T* P;
   std::int64_t ldp;
-  const float* Q;
+  const T* Q;
   std::int64_t ldq;
-  float p(std::int64_t k, std::int64_t i) const { return P[i * ldp + k]; }
-  const float* q(std::int64_t k) const { return Q + k * ldq; }
+  T p(std::int64_t k, std::int64_t i) const { return P[i * ldp + k]; }
+  const T* q(std::int64_t k, std::int64_t j0) const { return Q + k * ldq + j0; }
 };
+template <class T>
 struct IndexedRowOperands {  // P = rows `rows` of X (row-major), Q (K x N) row-major
-  const float* X;
+  const T* X;
   std::int64_t ldx;
   const std::int64_t* rows;
-  const float* Q;
+  const T* Q;
   std::int64_t ldq;
-  float p(std::int64_t k, std::int64_t i) const { return X[rows[i] * ldx + k]; }
-  const float* q(std::int64_t k) const { return Q + k * ldq; }
+  T p(std::int64_t k, std::int64_t i) const { return X[rows[i] * ldx + k]; }
+  const T* q(std::int64_t k, std::int64_t j0) const { return Q + k * ldq + j0; }
 };
+template <class T>
 struct GramOperands {  // P = Y^T and Q = Y for Y (K x d) row-major: C = Y^T Y
-  const float* Y;
+  const T* Y;
   std::int64_t ldy;
-  float p(std::int64_t k, std::int64_t i) const { return Y[k * ldy + i]; }
-  const float* q(std::int64_t k) const { return Y + k * ldy; }
+  T p(std::int64_t k, std::int64_t i) const { return Y[k * ldy + i]; }
+  const T* q(std::int64_t k, std::int64_t j0) const { return Y + k * ldy + j0; }
 };
-// Rows [i0, i0 + RB) and columns [j0, j0 + 16 * NV) of C (the last 16 masked by `tail`).
-template <int RB, int NV, class Ops>
-inline void small_gemm_block(const Ops& ops, float* C, std::int64_t ldc, std::int64_t K,
-                             std::int64_t i0, std::int64_t j0, __mmask16 tail, bool accumulate) {
-  __m512 acc[RB][NV];
+
+// Rows [i0, i0 + RB) and columns [j0, j0 + W * NV) of C (the last W masked by `tail`).
+template <int RB, int NV, class T, class Ops>
+inline void small_gemm_block(const Ops& ops, T* C, std::int64_t ldc, std::int64_t K,
+                             std::int64_t i0, std::int64_t j0, bool masked,
+                             typename Simd<T>::Mask tail, bool accumulate) {
+  using S = Simd<T>;
+  constexpr int W = S::kWidth;
+  typename S::V acc[RB][NV];
   LPFAST_UNROLL for (int r = 0; r < RB; ++r)
-    LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = S::zero();
   for (std::int64_t k = 0; k < K; ++k) {
-    const float* q = ops.q(k) + j0;
-    __m512 qv[NV];
+    const T* q = ops.q(k, j0);
+    typename S::V qv[NV];
     LPFAST_UNROLL for (int v = 0; v < NV; ++v)
-      qv[v] = v + 1 < NV ? _mm512_loadu_ps(q + 16 * v) : _mm512_maskz_loadu_ps(tail, q + 16 * v);
+      qv[v] = v + 1 < NV || !masked ? S::load(q + W * v) : S::load(tail, q + W * v);
     LPFAST_UNROLL for (int r = 0; r < RB; ++r) {
-      const __m512 p = _mm512_set1_ps(ops.p(k, i0 + r));
-      LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(p, qv[v], acc[r][v]);
+      const typename S::V p = S::set1(ops.p(k, i0 + r));
+      LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(p, qv[v], acc[r][v]);
     }
   }
   LPFAST_UNROLL for (int r = 0; r < RB; ++r) {
-    float* c = C + (i0 + r) * ldc + j0;
+    T* c = C + (i0 + r) * ldc + j0;
     LPFAST_UNROLL for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = v + 1 < NV ? __mmask16(0xFFFF) : tail;
-      __m512 out = acc[r][v];
-      if (accumulate) out = _mm512_add_ps(_mm512_maskz_loadu_ps(m, c + 16 * v), out);
-      _mm512_mask_storeu_ps(c + 16 * v, m, out);
+      typename S::V out = acc[r][v];
+      if (v + 1 < NV || !masked) {
+        if (accumulate) out = S::add(S::load(c + W * v), out);
+        S::store(c + W * v, out);
+      } else {
+        if (accumulate) out = S::add(S::load(tail, c + W * v), out);
+        S::store(c + W * v, tail, out);
+      }
     }
   }
 }
 
-// Rows [row0, M) of the column block at j0.
-template <int NV, class Ops>
-inline void small_gemm_columns(const Ops& ops, float* C, std::int64_t ldc, std::int64_t row0,
-                               std::int64_t M, std::int64_t K, std::int64_t j0, __mmask16 tail,
-                               bool accumulate, bool lower) {
-  constexpr int kRows = 6;  // 6 x 4 accumulators + 4 rows of Q: 28 of the 32 registers
+// Calls f(std::integral_constant<int, v>) for the runtime v in [1, Max].
+template <int Max, class F>
+inline void with_nv(int v, F&& f) {
+  if constexpr (Max >= 1) {
+    if (v == Max) return f(std::integral_constant<int, Max>{});
+    with_nv<Max - 1>(v, f);
+  }
+}
+
+// Rows [row0, M) of the column block at j0 (NV vectors wide, the last masked if `masked`).
+template <int NV, class T, class Ops>
+inline void small_gemm_columns(const Ops& ops, T* C, std::int64_t ldc, std::int64_t row0,
+                               std::int64_t M, std::int64_t K, std::int64_t j0, bool masked,
+                               typename Simd<T>::Mask tail, bool accumulate, bool lower) {
+  constexpr int kRows = 6;
+  constexpr int W = Simd<T>::kWidth;
   std::int64_t i0 = row0;
   for (; i0 + kRows <= M; i0 += kRows) {
     // For the lower triangle, a row block on the diagonal needs only the vectors up to its
     // last row's column: a tenth of a 384 x 384 Gram's multiply-adds.
-    const std::int64_t need = lower ? (i0 + kRows - j0 + 15) / 16 : NV;
-    switch (need < NV ? need : NV) {
-      case 1:
-        small_gemm_block<kRows, 1>(ops, C, ldc, K, i0, j0, NV == 1 ? tail : 0xFFFF, accumulate);
-        break;
-      case 2:
-        small_gemm_block<kRows, 2>(ops, C, ldc, K, i0, j0, NV == 2 ? tail : 0xFFFF, accumulate);
-        break;
-      case 3:
-        small_gemm_block<kRows, 3>(ops, C, ldc, K, i0, j0, NV == 3 ? tail : 0xFFFF, accumulate);
-        break;
-      default:
-        small_gemm_block<kRows, NV>(ops, C, ldc, K, i0, j0, tail, accumulate);
+    const std::int64_t need = lower ? (i0 + kRows - j0 + W - 1) / W : NV;
+    if (need >= NV) {
+      small_gemm_block<kRows, NV, T>(ops, C, ldc, K, i0, j0, masked, tail, accumulate);
+    } else {
+      with_nv<NV - 1>(static_cast<int>(need), [&](auto nv) {
+        small_gemm_block<kRows, decltype(nv)::value, T>(ops, C, ldc, K, i0, j0, false, tail,
+                                                         accumulate);
+      });
     }
   }
-  switch (M - i0) {
-#define LPFAST_SMALL_GEMM_REST(R)                                            \
-  case R:                                                                    \
-    small_gemm_block<R, NV>(ops, C, ldc, K, i0, j0, tail, accumulate);       \
-    break;
-    LPFAST_SMALL_GEMM_REST(5)
-    LPFAST_SMALL_GEMM_REST(4)
-    LPFAST_SMALL_GEMM_REST(3)
-    LPFAST_SMALL_GEMM_REST(2)
-    LPFAST_SMALL_GEMM_REST(1)
-#undef LPFAST_SMALL_GEMM_REST
-    default: break;
-  }
+  with_nv<kRows - 1>(static_cast<int>(M - i0), [&](auto rb) {
+    small_gemm_block<decltype(rb)::value, NV, T>(ops, C, ldc, K, i0, j0, masked, tail,
+                                                 accumulate);
+  });
 }
 
-// Column blocks of 64; with `lower` only the rows at or below each block's first column.
-template <class Ops>
-inline void small_gemm_impl(const Ops& ops, float* C, std::int64_t ldc, std::int64_t M,
+// Column blocks of W * kNV; with `lower` only the rows at or below each block's first column.
+template <class T, class Ops>
+inline void small_gemm_impl(const Ops& ops, T* C, std::int64_t ldc, std::int64_t M,
                             std::int64_t N, std::int64_t K, bool accumulate, bool lower) {
-  for (std::int64_t j0 = 0; j0 < N; j0 += 64) {
-    const std::int64_t w = N - j0 < 64 ? N - j0 : 64;
-    const int nv = static_cast<int>((w + 15) / 16);
-    const int last = static_cast<int>(w - 16 * (nv - 1));
-    const auto tail = static_cast<__mmask16>((1u << last) - 1u);
+  using S = Simd<T>;
+  constexpr std::int64_t kCols = S::kWidth * S::kNV;
+  for (std::int64_t j0 = 0; j0 < N; j0 += kCols) {
+    const std::int64_t w = N - j0 < kCols ? N - j0 : kCols;
+    const int nv = static_cast<int>((w + S::kWidth - 1) / S::kWidth);
+    const int last = static_cast<int>(w - S::kWidth * (nv - 1));
+    const bool masked = last < S::kWidth;
+    const typename S::Mask tail = S::tail(last);
     const std::int64_t row0 = lower ? (j0 < M ? j0 : M) : 0;
-    switch (nv) {
-#define LPFAST_SMALL_GEMM_NV(V)                                                       \
-  case V:                                                                             \
-    small_gemm_columns<V>(ops, C, ldc, row0, M, K, j0, tail, accumulate, lower);      \
-    break;
-      LPFAST_SMALL_GEMM_NV(4)
-      LPFAST_SMALL_GEMM_NV(3)
-      LPFAST_SMALL_GEMM_NV(2)
-      LPFAST_SMALL_GEMM_NV(1)
-#undef LPFAST_SMALL_GEMM_NV
-      default: break;
-    }
+    with_nv<S::kNV>(nv, [&](auto v) {
+      small_gemm_columns<decltype(v)::value, T>(ops, C, ldc, row0, M, K, j0, masked, tail,
+                                                accumulate, lower);
+    });
   }
 }
 
@@ -160,27 +249,31 @@ inline void small_gemm_impl(const Ops& ops, float* C, std::int64_t ldc, std::int
 
 // C (M x N, row stride ldc) = P (M x K, ldp) Q (K x N, ldq), all row-major; with
 // `accumulate`, C += P Q (the product is formed first, then added).
-inline void small_gemm(const float* P, std::int64_t ldp, const float* Q, std::int64_t ldq, float* C,
+template <class T>
+inline void small_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T* C,
                        std::int64_t ldc, std::int64_t M, std::int64_t N, std::int64_t K,
                        bool accumulate) {
-  detail::small_gemm_impl(detail::RowMajorOperands{P, ldp, Q, ldq}, C, ldc, M, N, K, accumulate,
-                          false);
+  detail::small_gemm_impl<T>(detail::RowMajorOperands<T>{P, ldp, Q, ldq}, C, ldc, M, N, K,
+                             accumulate, false);
 }
 
 // C (M x N) = X[rows] Q, the listed rows of X read in place.
-inline void small_gemm_indexed(const float* X, std::int64_t ldx, const std::int64_t* rows,
-                               const float* Q, std::int64_t ldq, float* C, std::int64_t ldc,
+template <class T>
+inline void small_gemm_indexed(const T* X, std::int64_t ldx, const std::int64_t* rows,
+                               const T* Q, std::int64_t ldq, T* C, std::int64_t ldc,
                                std::int64_t M, std::int64_t N, std::int64_t K) {
-  detail::small_gemm_impl(detail::IndexedRowOperands{X, ldx, rows, Q, ldq}, C, ldc, M, N, K,
-                          false, false);
+  detail::small_gemm_impl<T>(detail::IndexedRowOperands<T>{X, ldx, rows, Q, ldq}, C, ldc, M, N,
+                             K, false, false);
 }
 
 // The lower triangle of C (d x d, row stride ldc) += Y^T Y for Y (K x d, row stride ldy)
 // row-major (some entries just above the diagonal, inside the diagonal blocks, are written
-// too).
-inline void small_gram_lower(const float* Y, std::int64_t ldy, float* C, std::int64_t ldc,
+// too). Packing Y's column panels first (so that their rows are contiguous) did not help on
+// a Zen 3 core (30522 x 384 float32: 84 ms either way, /tmp microbenchmark, loaded machine).
+template <class T>
+inline void small_gram_lower(const T* Y, std::int64_t ldy, T* C, std::int64_t ldc,
                              std::int64_t d, std::int64_t K) {
-  detail::small_gemm_impl(detail::GramOperands{Y, ldy}, C, ldc, d, d, K, true, true);
+  detail::small_gemm_impl<T>(detail::GramOperands<T>{Y, ldy}, C, ldc, d, d, K, true, true);
 }
 
 #else
@@ -197,7 +290,7 @@ inline constexpr std::int64_t kSmallGemmMaxK = 1024;
 // differently.
 template <class T>
 bool small_gemm_serves(std::int64_t K) {
-  return std::is_same_v<T, float> && kHasSmallGemm && K <= kSmallGemmMaxK;
+  return std::is_same_v<T, float> && detail::kSimdBits == 512 && K <= kSmallGemmMaxK;
 }
 
 // C (rows x N) (+)= P (rows x K) Q (K x N), all row-major with the given row strides:
@@ -209,12 +302,12 @@ void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (small_gemm_serves<T>(K)) {
-      small_gemm(P, ldp, Q, ldq, C, ldc, rows, N, K, accumulate);
+      small_gemm<float>(P, ldp, Q, ldq, C, ldc, rows, N, K, accumulate);
       return;
     }
   }
 #endif
-  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Mat = RowMat<T>;
   using Stride = Eigen::OuterStride<>;
   const Eigen::Map<const Mat, 0, Stride> p(P, rows, K, Stride(ldp));
   const Eigen::Map<const Mat, 0, Stride> q(Q, K, N, Stride(ldq));
@@ -243,7 +336,7 @@ void rowmajor_gemm_indexed(const T* X, std::int64_t ldx, const std::int64_t* row
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (small_gemm_serves<T>(K)) {
-      small_gemm_indexed(X, ldx, rows, Q, ldq, C, ldc, m, N, K);
+      small_gemm_indexed<float>(X, ldx, rows, Q, ldq, C, ldc, m, N, K);
       return;
     }
   }
