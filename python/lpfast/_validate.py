@@ -144,7 +144,7 @@ def as_csr(
     Index arrays keep int32 or int64 (other integer types are converted to int64);
     ``data`` becomes ``dtype``.
     """
-    from . import _core
+    from . import _native
 
     if isinstance(S, tuple):
         if len(S) != 3:
@@ -189,7 +189,7 @@ def as_csr(
     if data.shape[0] != indices.shape[0]:
         msg = f"{name}: data has {data.shape[0]} entries but indices has {indices.shape[0]}"
         raise ValueError(msg)
-    _core.check_csr(indptr, indices, shape[0], shape[1], name)
+    _native.check_csr(indptr, indices, shape[0], shape[1], name)
     return indptr, indices, data
 
 

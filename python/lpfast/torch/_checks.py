@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .._validate import as_csr, as_float, as_int
+from .._validate import as_csr, as_float, as_int, doped_matmul_shapes
 
 __all__ = [
     "FLOATS",
@@ -155,9 +155,10 @@ def check_doped_matmul(x: Tensor, A: Tensor, B: Tensor, values: Optional[Tensor]
                        crow: Optional[Tensor], col: Optional[Tensor], bias: Optional[Tensor],
                        pattern: bool = True) -> None:
     """The operands of ``doped_kp_matmul`` (A, B already 3-d): CPU tensors of one float
-    dtype, matching shapes, S given whole; with ``pattern`` also S's CSR pattern (O(nnz),
-    through :func:`lpfast._validate.as_csr`), else only its array shapes (traced tensors
-    hold no data)."""
+    dtype, shapes as :func:`lpfast._validate.doped_matmul_shapes` checks them for the NumPy
+    API too, S given whole; with ``pattern`` also S's CSR pattern (O(nnz), through
+    :func:`lpfast._validate.as_csr`), else only its array shapes (traced tensors hold no
+    data)."""
     tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
     for name, t in tensors.items():
         if t is None:
@@ -166,16 +167,8 @@ def check_doped_matmul(x: Tensor, A: Tensor, B: Tensor, values: Optional[Tensor]
         if t.dtype != x.dtype or t.dtype not in FLOATS:
             msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
             raise TypeError(msg)
-    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0]:
-        msg = f"A, B: expected (R, m1, n1) and (R, m2, n2) with the same R, got {tuple(A.shape)} and {tuple(B.shape)}"
-        raise ValueError(msg)
-    m, n = A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
-    if x.dim() == 0 or x.shape[-1] != n:
-        msg = f"x: expected shape (..., {n}), got {tuple(x.shape)}"
-        raise ValueError(msg)
-    if bias is not None and tuple(bias.shape) != (m,):
-        msg = f"bias: expected shape ({m},), got {tuple(bias.shape)}"
-        raise ValueError(msg)
+    m, n = doped_matmul_shapes(tuple(A.shape), tuple(B.shape), tuple(x.shape),
+                               None if bias is None else tuple(bias.shape))
     given = [t is not None for t in (values, crow, col)]
     if any(given) and not all(given):
         msg = "S_values, S_crow_indices, S_col_indices: give all three or none"
