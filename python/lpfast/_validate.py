@@ -216,6 +216,15 @@ def as_callable(value: Any, name: str, signature: str) -> Any:
     return value
 
 
+class RatioTooSmall(ValueError):
+    """A compression ratio whose budget leaves no room for the smallest form fitted.
+
+    Raised (by ``doped_kp_fit`` and the layers built on it) instead of a plain ValueError
+    so that callers holding the ratio under another name (a ``compress`` rule) can say so
+    by catching the class, without reading the message.
+    """
+
+
 def as_ratio(value: Any, name: str = "ratio") -> float:
     """A compression ratio: a finite number > 1."""
     value = as_float(value, name)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .._validate import as_csr, as_float, as_int, doped_matmul_shapes
+from .._validate import RatioTooSmall, as_csr, as_int, as_ratio, doped_matmul_shapes
 
 __all__ = [
     "FLOATS",
@@ -34,14 +34,6 @@ __all__ = [
 
 #: The dtypes lpfast's kernels (and so its layers) compute in.
 FLOATS = (torch.float32, torch.float64)
-
-
-class RatioTooSmall(ValueError):
-    """A compression ratio whose budget leaves no room for the layer's smallest form.
-
-    Raised instead of a plain ValueError so that callers holding the ratio under another
-    name (a ``compress`` rule) can say so without reading the message.
-    """
 
 
 def float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
@@ -140,13 +132,9 @@ def padding_index(padding_idx: Any, n: int) -> Optional[int]:
     return idx + n if idx < 0 else idx
 
 
-def compression_ratio(value: Any, name: str = "ratio") -> float:
-    """A compression ratio: a finite number > 1 (what is stored shrinks by that factor)."""
-    ratio = as_float(value, name)
-    if not ratio > 1:
-        msg = f"{name}: expected a compression ratio > 1, got {ratio}"
-        raise ValueError(msg)
-    return ratio
+#: A compression ratio, a finite number > 1: the NumPy API's check under the name the torch
+#: modules import.
+compression_ratio = as_ratio
 
 
 # -- the custom ops' operands ----------------------------------------------------------------
