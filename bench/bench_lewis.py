@@ -30,7 +30,7 @@ import lpfast
 import lpfast.reference
 
 from _threads import limit_threads
-from bench_subspace import table
+from bench_subspace import N_ROWS, table
 
 P = 1.0
 TOL = 1e-8
@@ -48,7 +48,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"30522x{self.d}-{self.dtype.replace('float', 'f')}"
+        return f"{N_ROWS}x{self.d}-{self.dtype.replace('float', 'f')}"
 
 
 CASES = [Case(d, t, order=i) for i, (d, t) in enumerate(itertools.product(DIMS, DTYPES))]

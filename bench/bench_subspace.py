@@ -53,8 +53,9 @@ from lpfast import _core
 from lpfast.subspace import default_eps
 
 from _threads import limit_threads
+from _timing import size
 
-N_ROWS = 30522
+N_ROWS = size(30522, 4000)  # a test run (benchmarks disabled) checks a 4000-row table
 DIMS = (384, 768)
 KS = (64, 128)
 DTYPES = ("float32", "float64")

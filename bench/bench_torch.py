@@ -57,6 +57,7 @@ TIMING = {"min_rounds": MIN_ROUNDS, "max_time": MAX_TIME, "warmup": True,
 
 FEATURES, A_SHAPE, B_SHAPE, DENSITY = 4096, (64, 64), (64, 64), 0.01
 VOCAB, DIM, RANK, N_SUBSPACES = 30522, 768, 64, 4
+CHECK_VOCAB = 2000  # the tables' rows when benchmarks are disabled (a test run)
 #: Allowed error relative to max |result| of the float64 computation (float32 layers).
 TOL = 1e-4
 
@@ -214,12 +215,18 @@ def test_dense_backward(benchmark, case):
 
 # -- embedding lookups ------------------------------------------------------------------------
 
+def vocab(benchmark) -> int:
+    """The tables' rows: the benchmark's, or a small vocabulary when benchmarks are disabled
+    (the float64 recomputation of a 30522-row table dominated the test run)."""
+    return VOCAB if benchmark.enabled else CHECK_VOCAB
+
+
 @lru_cache(maxsize=1)
-def embedding_layers():
+def embedding_layers(n: int = VOCAB):
     torch.manual_seed(SEED)
-    lowrank = LowRankEmbedding(VOCAB, DIM, RANK)
-    projective = ProjectiveEmbedding(VOCAB, DIM, N_SUBSPACES, RANK)
-    emb, lin = nn.Embedding(VOCAB, RANK), nn.Linear(RANK, DIM, bias=False)
+    lowrank = LowRankEmbedding(n, DIM, RANK)
+    projective = ProjectiveEmbedding(n, DIM, N_SUBSPACES, RANK)
+    emb, lin = nn.Embedding(n, RANK), nn.Linear(RANK, DIM, bias=False)
     with torch.no_grad():  # the same table as the low-rank layer
         emb.weight.copy_(lowrank.weight)
         lin.weight.copy_(lowrank.proj.T)
@@ -228,33 +235,35 @@ def embedding_layers():
 
 
 @lru_cache(maxsize=2)
-def token_ids(batch: int) -> torch.Tensor:
+def token_ids(batch: int, n: int = VOCAB) -> torch.Tensor:
     g = torch.Generator().manual_seed(SEED + 7 + batch)
-    return torch.randint(0, VOCAB, (batch, 128), generator=g)
+    return torch.randint(0, n, (batch, 128), generator=g)
 
 
 def lookup_expected(layer, batch: int) -> np.ndarray:
-    return layer.dense_weight().double().numpy()[token_ids(batch).numpy()]
+    ids = token_ids(batch, layer.num_embeddings)
+    return layer.dense_weight().double().numpy()[ids.numpy()]
 
 
 @pytest.mark.parametrize("case", params("lookup"))
 def test_lowrank_lookup(benchmark, case):
-    lowrank, _, _ = embedding_layers()
-    out = run(benchmark, case, "LowRankEmbedding", no_grad_call, lowrank, token_ids(case.batch))
+    lowrank, _, _ = embedding_layers(vocab(benchmark))
+    out = run(benchmark, case, "LowRankEmbedding", no_grad_call, lowrank,
+              token_ids(case.batch, lowrank.num_embeddings))
     close(out, lookup_expected(lowrank, case.batch))
 
 
 @pytest.mark.parametrize("case", params("lookup"))
 def test_projective_lookup(benchmark, case):
-    _, projective, _ = embedding_layers()
+    _, projective, _ = embedding_layers(vocab(benchmark))
     out = run(benchmark, case, "ProjectiveEmbedding", no_grad_call, projective,
-              token_ids(case.batch))
+              token_ids(case.batch, projective.num_embeddings))
     close(out, lookup_expected(projective, case.batch))
 
 
 @pytest.mark.parametrize("case", params("lookup"))
 def test_dense_lookup(benchmark, case):
-    lowrank, _, dense = embedding_layers()
+    lowrank, _, dense = embedding_layers(vocab(benchmark))
     out = run(benchmark, case, "nn.Embedding+nn.Linear", no_grad_call, dense,
-              token_ids(case.batch))
+              token_ids(case.batch, lowrank.num_embeddings))
     close(out, lookup_expected(lowrank, case.batch))

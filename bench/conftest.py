@@ -21,6 +21,8 @@ from types import SimpleNamespace
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+import _timing
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -35,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # run: timing all of bench/ takes far longer than checking it.
     if not any(getattr(config.option, name, None) for name in _TIMING_OPTIONS):
         config.option.benchmark_disable = True
+    _timing.TIMED = not getattr(config.option, "benchmark_disable", False)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):

@@ -12,8 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-DTYPES = [torch.float32, torch.float64]
-NP = {torch.float32: np.float32, torch.float64: np.float64}
+from shared import DTYPES as NP_DTYPES
+from shared import matrix, zipf_counts  # noqa: F401  (re-exported for the torch tests)
+
+#: The torch dtype of each of shared.DTYPES (one definition of the dtypes tested), and back.
+NP = {getattr(torch, np.dtype(d).name): d for d in NP_DTYPES}
+DTYPES = list(NP)
 #: Kernels that sum over Kronecker factors and CSR entries in another order than torch.
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 #: Lookups and small products: the same few multiply-adds as the dense recomputation.
@@ -28,20 +32,6 @@ def linear(n_in=24, n_out=20, dtype=torch.float32, bias=True, seed=0) -> nn.Line
 def embedding(n=120, d=16, dtype=torch.float32, seed=0, **kw) -> nn.Embedding:
     torch.manual_seed(seed)
     return nn.Embedding(n, d, dtype=dtype, **kw)
-
-
-def matrix(n: int = 120, d: int = 12, dtype=np.float64, seed: int = 0) -> np.ndarray:
-    """Rows near a 3-dim subspace plus a few far rows (so doping stores some)."""
-    rng = np.random.default_rng(seed)
-    E = rng.standard_normal((n, 3)) @ rng.standard_normal((3, d)) + 0.1 * rng.standard_normal((n, d))
-    E[rng.choice(n, 6, replace=False)] += 4 * rng.standard_normal((6, d))
-    return E.astype(dtype)
-
-
-def zipf_counts(n: int, seed: int = 0) -> np.ndarray:
-    """Token counts with a Zipf-like tail, in random row order."""
-    rng = np.random.default_rng(seed)
-    return np.floor(1e5 / np.arange(1, n + 1) ** 1.1)[rng.permutation(n)]
 
 
 def roundtrip_state_dict(layer: nn.Module, fresh: nn.Module) -> nn.Module:
@@ -68,14 +58,28 @@ class Tiny(nn.Module):
         return self.head(self.body(self.emb(idx)).mean(1))
 
 
-def tiny_bert():
-    """transformers.BertConfig, built locally (no download): vocabulary 1000, hidden 64."""
+def tiny_bert(vocab: int = 1000, hidden: int = 64, layers: int = 2, ffn: int = 256,
+              positions: int = 64):
+    """A transformers.BertModel built from a config (no download), in eval mode, 2 heads;
+    the compress tests use the default, calibrate/distill a smaller one (:data:`SMALL_BERT`)."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=256,
-                                  max_position_embeddings=64)
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=2, intermediate_size=ffn,
+                                  max_position_embeddings=positions)
     torch.manual_seed(0)
     return transformers.BertModel(cfg).eval()
+
+
+#: The calibrate and distill tests' BERT: vocabulary 100, hidden 32, FFN 32 -> 64 -> 32.
+SMALL_BERT = dict(vocab=100, hidden=32, ffn=64, positions=32)
+
+
+def bert_batches(n: int, seed: int, batch: int = 4, tokens: int = 12,
+                 vocab: int = SMALL_BERT["vocab"]) -> list[dict]:
+    """``n`` tokenizer-like dict batches of random ids, full attention masks."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, vocab, (batch, tokens), generator=g),
+             "attention_mask": torch.ones(batch, tokens, dtype=torch.long)} for _ in range(n)]
 
 
 def n_params(m: nn.Module) -> int:

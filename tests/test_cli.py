@@ -22,40 +22,16 @@ import lpfast.__main__ as cli
 from lpfast.__main__ import main
 from lpfast.cli import demo as cli_demo
 
-
-def matrix(n, d, dtype=np.float64, seed=0):
-    """Rows near a 3-dim subspace plus a few far rows (so doping stores some)."""
-    rng = np.random.default_rng(seed)
-    E = rng.standard_normal((n, 3)) @ rng.standard_normal((3, d)) + 0.1 * rng.standard_normal((n, d))
-    E[rng.choice(n, 6, replace=False)] += 4 * rng.standard_normal((6, d))
-    return E.astype(dtype)
-
-
-def zipf_counts(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.floor(1e5 / np.arange(1, n + 1) ** 1.1)[rng.permutation(n)]
+from shared import matrix, zipf_counts
 
 
 try:  # torch is optional: only the .pt inputs and `compress` need it
     import torch
-    from torch import nn
+
+    # A saved-model stand-in, importable by name so that torch.save can pickle it.
+    from _torch_helpers import Tiny
 except ImportError:
     torch = None
-
-if torch is not None:
-    class Tiny(nn.Module):
-        """A saved-model stand-in: embedding (300, 32), two Linears and a head. Defined at
-        module level so that torch.save can pickle it."""
-
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.emb = nn.Embedding(300, 32)
-            self.body = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 32))
-            self.head = nn.Linear(32, 10, bias=False)
-
-        def forward(self, idx):
-            return self.head(self.body(self.emb(idx)).mean(1))
 
 
 @pytest.fixture(autouse=True)
@@ -236,6 +212,8 @@ def test_compress(tmp_path, capsys):
 
 def test_compress_auto(tmp_path, capsys):
     torch, model = tiny_model()
+    import lpfast.torch as lt
+
     src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
     torch.save(model, src)
     np.save(tmp_path / "counts.npy", zipf_counts(300))
@@ -246,6 +224,7 @@ def test_compress_auto(tmp_path, capsys):
     assert "[1/1] emb" in out and "plan [4/4] " in out and "plan: best" in out
     assert "compression plan for a 300 x 32 matrix at ratio 8" in out
     loaded = torch.load(dst, weights_only=False)
+    assert isinstance(loaded.emb, (lt.RowDopedEmbedding, lt.LowRankEmbedding))
     assert "_lpfast_plan" not in loaded.emb.__dict__  # the plan is reported, not saved
     assert loaded(torch.randint(0, 300, (2, 5))).shape == (2, 10)
 

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import lpfast.torch as lt  # noqa: E402
-from _torch_models import bert_batches, tiny_bert  # noqa: E402
+from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert  # noqa: E402
 from lpfast.torch import Calibration, calibrate  # noqa: E402
 
 
@@ -141,7 +141,7 @@ def test_progress_goes_to_stderr(capsys):
 
 
 def test_tiny_bert_dict_batches():
-    model = tiny_bert()
+    model = tiny_bert(**SMALL_BERT)
     model.train()
     batches = bert_batches(3, 0, batch=2, tokens=9)
     rules = {"*.intermediate.dense": "doped_kron:2", "embeddings.word_embeddings": "lowrank:2"}

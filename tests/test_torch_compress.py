@@ -5,7 +5,7 @@ Layout:
   tiny BERT          transformers.BertConfig (no download): word embeddings + one FFN layer
   rules              short form parsing, registry (the hook for a planner), bad rules
 
-The "auto" method is in test_torch_compress_auto.py, the command line in test_torch_cli.py.
+The "auto" method is in test_torch_compress_auto.py, the command line in test_cli.py.
 """
 
 from __future__ import annotations

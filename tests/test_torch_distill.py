@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import lpfast  # noqa: E402
-from _torch_models import bert_batches, tiny_bert  # noqa: E402
+from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert  # noqa: E402
 from lpfast.torch import (DopedKroneckerLinear, calibrate, compress, distill,  # noqa: E402
                           output_error)
 
@@ -181,7 +181,7 @@ def test_explicit_layers_and_progress(capsys):
 
 @pytest.mark.parametrize("mode", ["layer", "end_to_end"])
 def test_tiny_bert(mode):
-    model = tiny_bert(layers=1)
+    model = tiny_bert(layers=1, **SMALL_BERT)
     c = compressed_copy(model, {"encoder.layer.0.intermediate.dense": "lowrank:4",
                                 "encoder.layer.0.output.dense": "lowrank:4"})
     held = bert_batches(2, 7)

@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 import lpfast  # noqa: E402
 import lpfast.torch as lt  # noqa: E402
+from lpfast._validate import RatioTooSmall  # noqa: E402
 from lpfast.torch import DensitySchedule, DopedKroneckerLinear, SparsityAnnealer  # noqa: E402
 
 from _torch_helpers import DTYPES, TIGHT, linear, roundtrip_state_dict  # noqa: E402
@@ -69,8 +70,45 @@ def test_doped_from_linear_auto_shapes_and_ratio():
     r = DopedKroneckerLinear.from_linear(lin, (6, 4), (8, 8), ratio=5)
     weight_params = r.n_params - 48
     assert 48 * 32 / weight_params >= 5 > 48 * 32 / (weight_params + 1)
-    with pytest.raises(ValueError, match="ratio"):
+    with pytest.raises(RatioTooSmall, match="ratio"):
         DopedKroneckerLinear.from_linear(lin, (48, 32), (1, 1), ratio=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_doped_from_linear_is_doped_kp_fit(dtype):
+    # The shape search and the ratio budget are the NumPy API's: the layer holds exactly
+    # the operator doped_kp_fit chooses, for chosen and for given shapes.
+    lin = linear(32, 48, dtype=dtype)
+    W = lin.weight.detach().numpy()
+    for shapes, kw in (((None, None), dict(ratio=4.0, rank=2)),
+                       (((6, 4), (8, 8)), dict(density=0.05))):
+        layer = DopedKroneckerLinear.from_linear(lin, *shapes, n_iter=2, **kw)
+        op = lpfast.doped_kp_fit(W, *shapes, n_iter=2, **kw)
+        assert (layer.a_shape, layer.b_shape, layer.rank) == (op.a_shape, op.b_shape, op.rank)
+        assert np.array_equal(layer.dense_weight().numpy(), op.to_dense())
+        assert layer.fit_info["relative_error"] == min(op.fit_info["relative_error"])
+        assert layer.fit_info["candidates"] == op.fit_info["candidates"]
+
+
+def test_doped_from_linear_lowers_rank_for_given_shapes():
+    # doped_kp_fit refuses rank > min(m1*n1, m2*n2) for given shapes; the layer lowers it.
+    lin = linear(32, 48)
+    W = lin.weight.detach().numpy()
+    with pytest.raises(ValueError, match="rank"):
+        lpfast.doped_kp_fit(W, (2, 1), (24, 32), density=0.03, rank=5)
+    layer = DopedKroneckerLinear.from_linear(lin, (2, 1), (24, 32), density=0.03, rank=5)
+    op = lpfast.doped_kp_fit(W, (2, 1), (24, 32), density=0.03, rank=2, n_iter=3)
+    assert layer.rank == 2 and np.array_equal(layer.dense_weight().numpy(), op.to_dense())
+    with pytest.raises(ValueError, match="linear.weight"):
+        DopedKroneckerLinear.from_linear(lin, (2, 1), (24, 30), density=0.03)
+
+
+def test_ratio_too_small_is_one_class_for_numpy_and_torch():
+    from lpfast.torch._checks import RatioTooSmall as TorchRatioTooSmall
+
+    assert TorchRatioTooSmall is RatioTooSmall and issubclass(RatioTooSmall, ValueError)
+    with pytest.raises(RatioTooSmall, match="ratio: 20"):
+        lpfast.doped_kp_fit(np.ones((8, 8)), ratio=20.0)
 
 
 # -- annealing and CMR ---------------------------------------------------------------------

@@ -323,8 +323,11 @@ def test_bad_input_names_argument():
         call(x.long(), ops)
     with pytest.raises(ValueError, match="bias"):
         call(x, dict(ops, bias=ops["bias"][:-1]))
-    with pytest.raises(ValueError, match="A, B"):
+    # Shapes are checked by lpfast._validate.doped_matmul_shapes, as for the NumPy API.
+    with pytest.raises(ValueError, match="A and B: Kronecker ranks differ"):
         call(x, dict(ops, B=torch.randn(2, 2, 4, dtype=torch.float64)))
+    with pytest.raises(ValueError, match=r"A, B: expected \(R, m1, n1\)"):
+        call(x, dict(ops, A=ops["A"].unsqueeze(0)))
     with pytest.raises(ValueError, match="S_values"):
         call(x, dict(ops, S_col_indices=None))
     with pytest.raises(TypeError, match="S_crow_indices"):

@@ -144,7 +144,7 @@ def as_csr(
     Index arrays keep int32 or int64 (other integer types are converted to int64);
     ``data`` becomes ``dtype``.
     """
-    from . import _core
+    from . import _native
 
     if isinstance(S, tuple):
         if len(S) != 3:
@@ -189,7 +189,7 @@ def as_csr(
     if data.shape[0] != indices.shape[0]:
         msg = f"{name}: data has {data.shape[0]} entries but indices has {indices.shape[0]}"
         raise ValueError(msg)
-    _core.check_csr(indptr, indices, shape[0], shape[1], name)
+    _native.check_csr(indptr, indices, shape[0], shape[1], name)
     return indptr, indices, data
 
 
@@ -214,6 +214,15 @@ def as_callable(value: Any, name: str, signature: str) -> Any:
         msg = f"{name}: expected a callable{signature}, got {type(value).__name__}"
         raise TypeError(msg)
     return value
+
+
+class RatioTooSmall(ValueError):
+    """A compression ratio whose budget leaves no room for the smallest form fitted.
+
+    Raised (by ``doped_kp_fit`` and the layers built on it) instead of a plain ValueError
+    so that callers holding the ratio under another name (a ``compress`` rule) can say so
+    by catching the class, without reading the message.
+    """
 
 
 def as_ratio(value: Any, name: str = "ratio") -> float:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import as_factor_shapes, as_float, as_float_array, as_int, as_ratio
+from ._validate import (RatioTooSmall, as_factor_shapes, as_float, as_float_array, as_int,
+                        as_ratio)
 from .kron import DopedKronecker
 
 __all__ = ["doped_kp_fit", "kron_factor_shapes", "nearest_kronecker"]
@@ -169,6 +170,11 @@ def doped_kp_fit(W: Any, a_shape: Any = None, b_shape: Any = None, density: floa
     shape tried: ``a_shape``, ``b_shape``, ``density``, ``relative_error`` (best round) or
     ``reason`` when skipped).
 
+    Raises
+    ------
+    RatioTooSmall (a ValueError)
+        ``ratio`` leaves no room for the Kronecker factors of any shape tried.
+
     Cost per round and shape: one truncated SVD of (m1*n1, m2*n2) plus O(m*n) for the
     residual.
     """
@@ -213,7 +219,7 @@ def doped_kp_fit(W: Any, a_shape: Any = None, b_shape: Any = None, density: floa
     if best is None:
         msg = (f"ratio: {ratio} leaves no room even for the Kronecker factors of a "
                f"{m}x{n} weight at rank {rank}; lower the ratio or the rank")
-        raise ValueError(msg)
+        raise RatioTooSmall(msg)
     _, op, a, b, d = best
     op.fit_info.update(a_shape=a, b_shape=b, density=d, candidates=tried)
     return op

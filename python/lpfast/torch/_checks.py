@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .._validate import as_csr, as_float, as_int
+from .._validate import RatioTooSmall, as_csr, as_int, as_ratio, doped_matmul_shapes
 
 __all__ = [
     "FLOATS",
@@ -34,14 +34,6 @@ __all__ = [
 
 #: The dtypes lpfast's kernels (and so its layers) compute in.
 FLOATS = (torch.float32, torch.float64)
-
-
-class RatioTooSmall(ValueError):
-    """A compression ratio whose budget leaves no room for the layer's smallest form.
-
-    Raised instead of a plain ValueError so that callers holding the ratio under another
-    name (a ``compress`` rule) can say so without reading the message.
-    """
 
 
 def float_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
@@ -140,13 +132,9 @@ def padding_index(padding_idx: Any, n: int) -> Optional[int]:
     return idx + n if idx < 0 else idx
 
 
-def compression_ratio(value: Any, name: str = "ratio") -> float:
-    """A compression ratio: a finite number > 1 (what is stored shrinks by that factor)."""
-    ratio = as_float(value, name)
-    if not ratio > 1:
-        msg = f"{name}: expected a compression ratio > 1, got {ratio}"
-        raise ValueError(msg)
-    return ratio
+#: A compression ratio, a finite number > 1: the NumPy API's check under the name the torch
+#: modules import.
+compression_ratio = as_ratio
 
 
 # -- the custom ops' operands ----------------------------------------------------------------
@@ -155,9 +143,10 @@ def check_doped_matmul(x: Tensor, A: Tensor, B: Tensor, values: Optional[Tensor]
                        crow: Optional[Tensor], col: Optional[Tensor], bias: Optional[Tensor],
                        pattern: bool = True) -> None:
     """The operands of ``doped_kp_matmul`` (A, B already 3-d): CPU tensors of one float
-    dtype, matching shapes, S given whole; with ``pattern`` also S's CSR pattern (O(nnz),
-    through :func:`lpfast._validate.as_csr`), else only its array shapes (traced tensors
-    hold no data)."""
+    dtype, shapes as :func:`lpfast._validate.doped_matmul_shapes` checks them for the NumPy
+    API too, S given whole; with ``pattern`` also S's CSR pattern (O(nnz), through
+    :func:`lpfast._validate.as_csr`), else only its array shapes (traced tensors hold no
+    data)."""
     tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
     for name, t in tensors.items():
         if t is None:
@@ -166,16 +155,8 @@ def check_doped_matmul(x: Tensor, A: Tensor, B: Tensor, values: Optional[Tensor]
         if t.dtype != x.dtype or t.dtype not in FLOATS:
             msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
             raise TypeError(msg)
-    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0]:
-        msg = f"A, B: expected (R, m1, n1) and (R, m2, n2) with the same R, got {tuple(A.shape)} and {tuple(B.shape)}"
-        raise ValueError(msg)
-    m, n = A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
-    if x.dim() == 0 or x.shape[-1] != n:
-        msg = f"x: expected shape (..., {n}), got {tuple(x.shape)}"
-        raise ValueError(msg)
-    if bias is not None and tuple(bias.shape) != (m,):
-        msg = f"bias: expected shape ({m},), got {tuple(bias.shape)}"
-        raise ValueError(msg)
+    m, n = doped_matmul_shapes(tuple(A.shape), tuple(B.shape), tuple(x.shape),
+                               None if bias is None else tuple(bias.shape))
     given = [t is not None for t in (values, crow, col)]
     if any(given) and not all(given):
         msg = "S_values, S_crow_indices, S_col_indices: give all three or none"

@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import DopedKronecker
-from .._validate import as_float, as_int, as_shape2
-from ._checks import check_input, check_module, compression_ratio, layer_dtype
-from ._kron_fit import factor_candidates, fit_doped_kron
+from .. import DopedKronecker, doped_kp_fit
+from .._validate import as_factor_shapes, as_float, as_int, as_shape2
+from ._checks import check_input, check_module, layer_dtype
 from ._eager import plain_inference
 from .ops import doped_kp_matmul
 
@@ -330,9 +329,9 @@ class DopedKroneckerLinear(nn.Module):
             Kronecker parameters (no 1x1 factor) are each fitted and the one with the
             lowest relative error is kept (``fit_info["candidates"]``).
         density : float in [0, 1]
-            Fraction of the weight's entries stored in S.
+            Fraction of the weight's entries stored in S (ignored when ``ratio`` is given).
         rank : int >= 1
-            Kronecker rank R.
+            Kronecker rank R, lowered to ``min(m1*n1, m2*n2)`` where the shapes allow less.
         ratio : float > 1, optional
             Instead of ``density``: the weight's compression ratio ``out*in / (R*(m1*n1 +
             m2*n2) + nnz)``; S gets what the factors leave of the budget.
@@ -343,7 +342,8 @@ class DopedKroneckerLinear(nn.Module):
 
         Returns
         -------
-        DopedKroneckerLinear, same dtype, with ``fit_info`` (relative error, shapes tried).
+        DopedKroneckerLinear, same dtype, with ``fit_info``: ``doped_kp_fit``'s, its
+        ``relative_error`` the best round's (a float).
 
         Raises
         ------
@@ -354,23 +354,16 @@ class DopedKroneckerLinear(nn.Module):
         W = linear.weight.detach().numpy()
         m, n = W.shape
         rank = as_int(rank, "rank", low=1)
-        if ratio is not None:
-            ratio = compression_ratio(ratio)
-        else:
-            density = as_float(density, "density", low=0.0, high=1.0)
-        if (a_shape is None) != (b_shape is None):
-            msg = "a_shape, b_shape: give both or neither"
-            raise ValueError(msg)
-        if a_shape is None:
-            cands = factor_candidates(m, n)
-        else:
-            (m1, n1), (m2, n2) = as_shape2(a_shape, "a_shape"), as_shape2(b_shape, "b_shape")
-            if (m1 * m2, n1 * n2) != (m, n):
-                msg = (f"a_shape={a_shape}, b_shape={b_shape}: need (m1*m2, n1*n2) = "
-                       f"linear.weight's shape {(m, n)}")
-                raise ValueError(msg)
-            cands = [((m1, n1), (m2, n2))]
-        op, info = fit_doped_kron(W, cands, rank, n_iter, density=density, ratio=ratio)
+        if a_shape is not None and b_shape is not None:
+            # doped_kp_fit refuses a rank above what given shapes allow; the layer has always
+            # lowered it instead (as doped_kp_fit does itself for the shapes it chooses).
+            a_shape, b_shape = as_factor_shapes(W.shape, a_shape, b_shape, "linear.weight")
+            rank = min(rank, a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])
+        # The factor-shape search, the ratio-to-density budget and the choice of the best
+        # shape are the NumPy API's; a ratio given wins over the density default.
+        op = doped_kp_fit(W, a_shape, b_shape, density=None if ratio is not None else density,
+                          rank=rank, n_iter=n_iter, ratio=ratio)
+        info = dict(op.fit_info, relative_error=float(min(op.fit_info["relative_error"])))
         layer = cls(n, m, info["a_shape"], info["b_shape"], 0.0, rank=op.rank,
                     bias=linear.bias is not None, cmr=cmr, dtype=linear.weight.dtype)
         layer.load_operator_(op)

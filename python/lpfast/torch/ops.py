@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _core
+from .. import _native
 from ._checks import check_doped_matmul, check_lookup
 from ._eager import plain_inference
 
@@ -44,8 +44,8 @@ def _forward(x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor], col: Optio
     out = torch.empty((rows.shape[0], m), dtype=x.dtype)
     indptr, indices, data = (None, None, None) if values is None else (_np(crow), _np(col),
                                                                          _np(values))
-    _core.doped_kron_matmul(x=rows, A=_np(A), B=_np(B), indptr=indptr, indices=indices,
-                            data=data, bias=None if bias is None else _np(bias), out=out.numpy())
+    _native.doped_kron_matmul(rows, _np(A), _np(B), indptr, indices, data,
+                              None if bias is None else _np(bias), out.numpy())
     return out.reshape(*x.shape[:-1], m)
 
 
@@ -76,14 +76,12 @@ def _backward(dy: Tensor, x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor
             itype = _np(crow).dtype
             indptr_t, indices_t, data_t = (S_t.indptr.astype(itype), S_t.indices.astype(itype),
                                            S_t.data)
-        _core.doped_kron_matmul(x=dy_rows, A=At, B=Bt, indptr=indptr_t, indices=indices_t,
-                                data=data_t, bias=None, out=dx.numpy().reshape(-1, n))
+        _native.doped_kron_matmul(dy_rows, At, Bt, indptr_t, indices_t, data_t, None,
+                                  dx.numpy().reshape(-1, n))
     if need_factors:
-        _core.kron_factor_grads(x=x_rows, dy=dy_rows, A=_np(A), B=_np(B), dA=dA.numpy(),
-                                dB=dB.numpy())
+        _native.kron_factor_grads(x_rows, dy_rows, _np(A), _np(B), dA.numpy(), dB.numpy())
     if need_values and values is not None:
-        _core.csr_sampled_product(dy=dy_rows, x=x_rows, indptr=_np(crow), indices=_np(col),
-                                  out=dv.numpy())
+        _native.csr_sampled_product(dy_rows, x_rows, _np(crow), _np(col), dv.numpy())
     return dx, dA, dB, dv
 
 
@@ -164,8 +162,7 @@ def _lookup_kernel(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor) -> 
     d = bases.shape[2]
     flat = _np(ids).reshape(-1)
     out = torch.empty((flat.shape[0], d), dtype=coef.dtype)
-    _core.projective_lookup(coef=_np(coef), labels=_np(labels), bases=_np(bases), ids=flat,
-                            out=out.numpy())
+    _native.projective_lookup(_np(coef), _np(labels), _np(bases), flat, out.numpy())
     return out.reshape(*ids.shape, d)
 
 
@@ -188,11 +185,10 @@ def _lookup_backward(grad: Tensor, ids: Tensor, coef: Tensor, bases: Tensor, lab
     dcoef = torch.empty(coef.shape if need_coef else (0,), dtype=coef.dtype)
     dbases = torch.empty(bases.shape if need_bases else (0,), dtype=bases.dtype)
     if need_coef or need_bases:
-        _core.projective_lookup_backward(
-            coef=_np(coef), labels=_np(labels), bases=_np(bases), ids=_np(ids).reshape(-1),
-            grad=_np(grad).reshape(-1, d), padding_idx=padding_idx,
-            dcoef=dcoef.numpy() if need_coef else None,
-            dbases=dbases.numpy() if need_bases else None)
+        _native.projective_lookup_backward(
+            _np(coef), _np(labels), _np(bases), _np(ids).reshape(-1), _np(grad).reshape(-1, d),
+            padding_idx, dcoef.numpy() if need_coef else None,
+            dbases.numpy() if need_bases else None)
     return dcoef, dbases
 
 
