@@ -15,6 +15,8 @@ from .planner import Plan, plan_compression
 from .projective import KSubspaces, k_subspaces
 from .row_doped import RowDoped, row_doped_fit
 from .usage import usage_weights
+from .calibrated import LowRankSparse, calibration_error, lowrank_fit, lowrank_sparse_fit
+from .calibrated_kron import doped_kp_fit_calibrated
 from .subspace import LpSubspace, lp_subspace, subspace_cost
 
 __version__ = "0.1.0"
@@ -39,6 +41,11 @@ __all__ = [
     "set_num_threads",
     "subspace_cost",
     "usage_weights",
+    "LowRankSparse",
+    "calibration_error",
+    "doped_kp_fit_calibrated",
+    "lowrank_fit",
+    "lowrank_sparse_fit",
 ]
 
 

@@ -20,6 +20,8 @@ from .lowrank import LowRankEmbedding, LowRankLinear
 from .ops import doped_kp_matmul
 from .projective import ProjectiveEmbedding
 from .row_doped import RowDopedEmbedding, RowDopedLinear
+from .lowrank_sparse import LowRankSparseLinear
+from .calibrated import fit_linear, params_for_ratio
 
 __all__ = [
     "CompressionReport",
@@ -37,4 +39,7 @@ __all__ = [
     "SparsityAnnealer",
     "co_matrix_dropout",
     "doped_kp_matmul",
+    "LowRankSparseLinear",
+    "fit_linear",
+    "params_for_ratio",
 ]
