@@ -14,6 +14,8 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
     raise ImportError(msg) from e
 
 from .annealing import DensitySchedule, SparsityAnnealer
+from .calibrate import Calibration, LayerStats, calibrate
+from .distill import DistillLayerReport, DistillReport, distill, output_error
 from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
 from .kron import DopedKroneckerLinear, co_matrix_dropout
 from .lowrank import LowRankEmbedding, LowRankLinear
@@ -24,6 +26,13 @@ from .lowrank_sparse import LowRankSparseLinear
 from .calibrated import fit_linear, params_for_ratio
 
 __all__ = [
+    "Calibration",
+    "LayerStats",
+    "calibrate",
+    "DistillLayerReport",
+    "DistillReport",
+    "distill",
+    "output_error",
     "CompressionReport",
     "LayerReport",
     "compress",
