@@ -194,8 +194,9 @@ def _options(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     else:
         opt["ratios"] = [opt["ratio"]] + sorted({r for r in ratios if r > opt["ratio"]})
     opt["candidates"] = sequence(name, "candidates", spec.get("candidates", list(CANDIDATES)), str)
-    if not opt["candidates"]:
-        msg = f"{where}['candidates']: empty; give some of {list(CANDIDATES)}"
+    wrong = [c for c in opt["candidates"] if c not in CANDIDATES]
+    if wrong or not opt["candidates"]:
+        msg = f"{where}['candidates']: expected some of {list(CANDIDATES)}, got {opt['candidates']}"
         raise ValueError(msg)
     opt["rows"] = as_int(spec.get("rows", 16), f"{where}['rows']", low=1)
     opt["repeats"] = as_int(spec.get("repeats", 5), f"{where}['repeats']", low=1)
@@ -262,9 +263,6 @@ def select(name: str, module: nn.Linear, spec: Mapping[str, Any]) -> nn.Module:
     skipped = []
     for ratio in opt["ratios"]:
         for method in opt["candidates"]:
-            if method not in CANDIDATES:
-                msg = f"rules[{name!r}]['candidates']: expected some of {list(CANDIDATES)}, got {method!r}"
-                raise ValueError(msg)
             t0 = time.perf_counter()
             try:
                 layer = _fit(name, module, method, ratio, opt["fit"])
