@@ -107,13 +107,14 @@ class Selection:
         goal = ", ".join(f"{k} {v:g}" for k, v in self.target.items())
         err = {"gram": "err_C: on the calibration inputs", "scale": "err_C: C = diag(second moments)",
                "weights": "err: weights only (C = I)"}[self.error]
+        w = max([len(_structure(c.params)) for c in self.candidates] + [9])
         lines = [f"auto ({goal}; {err}; latency at {self.rows} rows, {self.threads} thread(s), "
                  f"dense {self.dense_latency * 1e6:.1f} us)",
-                 f"  {'method':<15} {'ratio':>6}  {'structure':<32} {'params':>9} {'error':>9} "
+                 f"  {'method':<15} {'ratio':>6}  {'structure':<{w}} {'params':>9} {'error':>9} "
                  f"{'speedup':>8}"]
         for c in self.candidates:
             mark = "  <- chosen" if c.chosen else ("" if c.admissible else "  (too slow)")
-            lines.append(f"  {c.method:<15} {c.ratio:>5.2f}x  {_structure(c.params):<32} "
+            lines.append(f"  {c.method:<15} {c.ratio:>5.2f}x  {_structure(c.params):<{w}} "
                          f"{c.n_params:>9} {c.error:>9.5f} {c.speedup:>7.2f}x{mark}")
         lines += [f"  skipped: {s}" for s in self.skipped]
         if self.fallback:
@@ -274,7 +275,7 @@ def select(name: str, module: nn.Linear, spec: Mapping[str, Any]) -> nn.Module:
                              seconds=time.perf_counter() - t0)
             fitted.append((cand, layer))
             if progress is not None:
-                progress(f"      fit {method:<15} at {ratio:g}x  {_structure(cand.params):<28} "
+                progress(f"      fit {method:<15} at {ratio:g}x  {_structure(cand.params):<36} "
                          f"error {cand.error:.5f}  ({cand.seconds:.2f} s)")
     if not fitted:
         msg = f"rules[{name!r}]: no candidate fits the target's budget ({'; '.join(skipped)})"
