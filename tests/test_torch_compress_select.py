@@ -249,6 +249,18 @@ def test_speedup_target_over_budgets():
     assert "100x" in sel.fallback and sel.fallback in str(rep)
 
 
+def test_sweep_candidates_are_measured_never_chosen():
+    dense = n_params(Net().a)
+    # the 2x fits as slow as the dense layer, the 4x ones (comparison only) 4x faster
+    timer = fixed_timer(lambda m: 1.0 if n_params(m) > dense / 3 else 0.25)
+    rep = compress(Net(), {"a": "auto:speedup=1.5,ratios=2,sweep=4/2"}, timer=timer)
+    sel = rep.layers[0].selection
+    assert sorted({(c.ratio, c.sweep) for c in sel.candidates}) == [(2.0, False), (4.0, True)]
+    assert not sel.chosen.sweep and sel.chosen.ratio == 2.0 and "1.5x" in sel.fallback
+    assert all(not c.admissible for c in sel.candidates if c.sweep)
+    assert "(sweep)" in str(sel)
+
+
 def test_selection_without_calibration_is_weights_only():
     model = Net()
     rep = compress(model, {"a": "auto:2:candidates=lowrank/doped_kron"}, timer=by_kind())

@@ -10,6 +10,8 @@ Targets (rule options):
   candidates are fit at each of ``ratios`` (default 2/4/8; with a ``ratio`` too, that
   ratio and the larger ones only); the lowest error among those at least that much faster
   wins (none is: the fastest).
+* ``sweep`` (``"auto:2:sweep=4/8"``): more ratios fit and measured for comparison only
+  (the table and the frontier plot); their candidates are never chosen.
 
 Error: relative err_C = ‖(W − Ŵ) L‖_F² / ‖W L‖_F², C = L Lᵀ the layer's input Gram (its
 diagonal with "scale" statistics); without calibration C = I, the squared relative
@@ -43,10 +45,10 @@ __all__ = ["Candidate", "Selection", "select", "wants_selection"]
 #: The fits "auto" chooses among for a Linear, in table order.
 CANDIDATES = ("lowrank", "lowrank_sparse", "doped_kron")
 _OPTIONS = {"ratio", "speedup", "ratios", "candidates", "rows", "repeats", "sparse_share",
-            "ridge", "seed"}
+            "ridge", "seed", "sweep"}
 #: Options only the planner path of "auto" (lpfast.plan_compression) takes.
 _PLANNER_OPTIONS = {"counts", "weights", "power", "floor", "p_values", "k_values", "doping",
-                    "refit", "layer", "sweep"}
+                    "refit", "layer"}
 _DEFAULT_RATIOS = (2.0, 4.0, 8.0)
 
 
@@ -57,7 +59,8 @@ class Candidate:
     ``ratio``: the layer ratio whose budget it was fit at (parameters, bias included, as
     the rule's ratio); ``params``: its structure (rank, nnz, factor shapes); ``n_params``:
     its parameters; ``error``: relative err_C; ``latency``: seconds per call; ``speedup``:
-    the dense layer's latency over this one; ``admissible``: meets the target's speed;
+    the dense layer's latency over this one; ``admissible``: may be chosen (meets the
+    target's speed, not a ``sweep`` comparison); ``sweep``: fit for comparison only;
     ``seconds``: fit time.
     """
 
@@ -71,6 +74,7 @@ class Candidate:
     admissible: bool = False
     chosen: bool = False
     seconds: float = 0.0
+    sweep: bool = False
 
 
 @dataclass
@@ -113,7 +117,8 @@ class Selection:
                  f"  {'method':<15} {'ratio':>6}  {'structure':<{w}} {'params':>9} {'error':>9} "
                  f"{'speedup':>8}"]
         for c in self.candidates:
-            mark = "  <- chosen" if c.chosen else ("" if c.admissible else "  (too slow)")
+            mark = ("  <- chosen" if c.chosen else "  (sweep)" if c.sweep
+                    else "" if c.admissible else "  (too slow)")
             lines.append(f"  {c.method:<15} {c.ratio:>5.2f}x  {_structure(c.params):<{w}} "
                          f"{c.n_params:>9} {c.error:>9.5f} {c.speedup:>7.2f}x{mark}")
         lines += [f"  skipped: {s}" for s in self.skipped]
@@ -146,7 +151,7 @@ def _params_of(layer: nn.Module) -> dict[str, Any]:
 def wants_selection(name: str, module: nn.Module, spec: Mapping[str, Any]) -> bool:
     """True when "auto" on ``module`` chooses among :data:`CANDIDATES` (a Linear whose rule
     has none of the planner's options and, if any, these candidates); False: the planner."""
-    chooser = set(spec) & (_OPTIONS - {"ratio", "candidates", "seed"})
+    chooser = set(spec) & (_OPTIONS - {"ratio", "candidates", "seed", "sweep"})
     planner = set(spec) & _PLANNER_OPTIONS
     if spec.get("candidates") is not None:
         names = sequence(name, "candidates", spec["candidates"], str)
@@ -194,6 +199,8 @@ def _options(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         opt["ratios"] = sorted(set(ratios))
     else:
         opt["ratios"] = [opt["ratio"]] + sorted({r for r in ratios if r > opt["ratio"]})
+    sweep = sequence(name, "sweep", spec.get("sweep") or [], float)
+    opt["sweep"] = sorted({compression_ratio(r, f"{where}['sweep']") for r in sweep} - set(opt["ratios"]))
     opt["candidates"] = sequence(name, "candidates", spec.get("candidates", list(CANDIDATES)), str)
     wrong = [c for c in opt["candidates"] if c not in CANDIDATES]
     if wrong or not opt["candidates"]:
@@ -236,16 +243,17 @@ def _latencies(name: str, module: nn.Linear, layers: list[nn.Module], opt: Mappi
 
 def _choose(sel: Selection, speedup: Optional[float]) -> None:
     need = 1.0 if speedup is None else speedup
-    for c in sel.candidates:
+    eligible = [c for c in sel.candidates if not c.sweep]
+    for c in eligible:
         c.admissible = c.speedup >= need
-    ok = [c for c in sel.candidates if c.admissible]
+    ok = [c for c in eligible if c.admissible]
     if ok:
         best = min(ok, key=lambda c: (c.error, c.n_params, c.latency))
     elif speedup is None:
-        best = min(sel.candidates, key=lambda c: (c.error, c.latency))
+        best = min(eligible, key=lambda c: (c.error, c.latency))
         sel.fallback = "no candidate is as fast as the dense layer: the lowest error is taken"
     else:
-        best = min(sel.candidates, key=lambda c: (c.latency, c.error))
+        best = min(eligible, key=lambda c: (c.latency, c.error))
         sel.fallback = f"no candidate reaches {speedup:g}x: the fastest is taken"
     best.chosen = True
 
@@ -262,7 +270,7 @@ def select(name: str, module: nn.Linear, spec: Mapping[str, Any]) -> nn.Module:
     W = module.weight.detach()
     fitted: list[tuple[Candidate, nn.Module]] = []
     skipped = []
-    for ratio in opt["ratios"]:
+    for ratio in opt["ratios"] + opt["sweep"]:
         for method in opt["candidates"]:
             t0 = time.perf_counter()
             try:
@@ -272,12 +280,12 @@ def select(name: str, module: nn.Linear, spec: Mapping[str, Any]) -> nn.Module:
                 continue
             cand = Candidate(method, ratio, _params_of(layer), n_params(layer),
                              output_error(W, layer.dense_weight(), stats), math.nan, math.nan,
-                             seconds=time.perf_counter() - t0)
+                             seconds=time.perf_counter() - t0, sweep=ratio in opt["sweep"])
             fitted.append((cand, layer))
             if progress is not None:
                 progress(f"      fit {method:<15} at {ratio:g}x  {_structure(cand.params):<36} "
                          f"error {cand.error:.5f}  ({cand.seconds:.2f} s)")
-    if not fitted:
+    if not any(not c.sweep for c, _ in fitted):
         msg = f"rules[{name!r}]: no candidate fits the target's budget ({'; '.join(skipped)})"
         raise ValueError(msg)
     lat = _latencies(name, module, [layer for _, layer in fitted], opt)
