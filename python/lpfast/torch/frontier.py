@@ -40,7 +40,8 @@ def plot_frontier(selections: Any, path: str, title: str = "") -> None:
 
     Needs matplotlib (``pip install "lpfast[plot]"``); uses its object API (no pyplot, no
     global backend change). Log-scaled axes; the dotted vertical line is the speed the
-    target required (1x for a ratio target), the circled point the chosen fit.
+    target required (1x for a ratio target), the circled point the chosen fit, hollow
+    markers a ``sweep``'s comparison fits.
 
     Raises
     ------
@@ -48,6 +49,7 @@ def plot_frontier(selections: Any, path: str, title: str = "") -> None:
         No layer has a selection (no ``"auto"`` rule on an nn.Linear).
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if hasattr(selections, "layers"):
         items = [(r.name, r.selection) for r in selections.layers if r.selection is not None]
@@ -63,10 +65,13 @@ def plot_frontier(selections: Any, path: str, title: str = "") -> None:
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 0.4))
     for k, (name, sel) in enumerate(items):
         ax = fig.add_subplot(rows, cols, k + 1)
-        for method in dict.fromkeys(c.method for c in sel.candidates):
+        for i, method in enumerate(dict.fromkeys(c.method for c in sel.candidates)):
             pts = [c for c in sel.candidates if c.method == method]
+            # hollow: a sweep's comparison fits, never chosen
+            face = ["none" if c.sweep else f"C{i}" for c in pts]
             ax.scatter([c.speedup for c in pts], [max(c.error, 1e-12) for c in pts],
-                       marker=_MARKERS.get(method, "x"), label=method, s=22)
+                       marker=_MARKERS.get(method, "x"), label=method, s=22, facecolors=face,
+                       edgecolors=f"C{i}")
             for c in pts:
                 ax.annotate(f"{c.ratio:g}x", (c.speedup, max(c.error, 1e-12)), fontsize=6,
                             textcoords="offset points", xytext=(3, 3))
@@ -79,6 +84,9 @@ def plot_frontier(selections: Any, path: str, title: str = "") -> None:
                    edgecolors="red", linewidths=1.2, label="chosen")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"speed-up over dense ({sel.rows} rows, {sel.threads} thr.)", fontsize=8)
         ax.set_ylabel("relative err_C" if sel.error != "weights" else "relative weight error²",
                       fontsize=8)
