@@ -9,7 +9,8 @@ layers.
 from __future__ import annotations
 
 from . import _core
-from .kron import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kronecker
+from .kron import DopedKronecker, doped_kp_matmul
+from .kron_fit import doped_kp_fit, kron_factor_shapes, nearest_kronecker
 from .lewis import lewis_sample, lewis_weights
 from .planner import Plan, plan_compression
 from .projective import KSubspaces, k_subspaces
@@ -30,6 +31,7 @@ __all__ = [
     "lewis_sample",
     "lewis_weights",
     "k_subspaces",
+    "kron_factor_shapes",
     "KSubspaces",
     "LpSubspace",
     "lp_subspace",

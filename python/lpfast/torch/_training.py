@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ._running import Progress
-from .layers import DensitySchedule, DopedKroneckerLinear, SparsityAnnealer
+from .annealing import DensitySchedule, SparsityAnnealer
+from .kron import DopedKroneckerLinear
 
 #: Annealing reaches the target density at this fraction of the budget; the rest recovers.
 _ANNEAL_END = 0.75

@@ -32,7 +32,7 @@ from .._validate import as_float, as_int
 from ._recording import default_output, find_layers, layer_error, model_error, output_tensor, record
 from ._running import Progress, batch_list, check_model, eval_mode, run_batch
 from ._training import Budget, adam, annealers_for, optimize, snapshot
-from .layers import DopedKroneckerLinear
+from .kron import DopedKroneckerLinear
 
 __all__ = ["DistillLayerReport", "DistillReport", "distill", "output_error"]
 
