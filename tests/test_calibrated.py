@@ -241,6 +241,45 @@ def test_lowrank_sparse_rows_are_refit_exactly():
                                        atol=1e-10 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("kind", ["correlated", "ill", "outliers"])
+def test_dense_support_refit_by_cg_matches_the_exact_solve(kind):
+    """Half-dense supports are refit by conjugate gradients: same values as the per-row
+    solves once converged, and each iterate no worse than its start."""
+    from lpfast._gram import _cg_rows, _refit_rows, _solve_rows, top_positions
+
+    rng = np.random.default_rng(11)
+    m, n = 24, 40
+    C = gram(kind, n, rng)
+    C[np.diag_indices(n)] += 1e-6 * np.trace(C) / n
+    R = weight(m, n, rng)
+    RC = R @ C
+    pos = top_positions(rng.random((m, n)), m * n // 2)
+    rows, cols = np.divmod(pos, n)
+    exact = _solve_rows(RC, C, rows, cols, np.bincount(rows, minlength=m))
+    np.testing.assert_allclose(_cg_rows(RC, C, pos, None, 400, rtol=1e-12)[0], exact,
+                               rtol=1e-5, atol=1e-6 * np.abs(exact).max())
+
+    start = np.zeros((m, n))
+    start.ravel()[pos] = R.ravel()[pos]
+    for iters in (1, 3, 10):
+        values, gain = _cg_rows(RC, C, pos, start, iters)
+        assert _objective_on(R, C, pos, values) <= _objective_on(R, C, pos, R.ravel()[pos]) * (1 + 1e-12)
+        assert gain == pytest.approx(_objective_on(R, C, pos, np.zeros(pos.size))
+                                     - _objective_on(R, C, pos, values), rel=1e-8)
+    # The reported gain is the objective's decrease, on both paths.
+    full = top_positions(rng.random((m, n)), m * n - 3)  # dense enough to take the CG path
+    for support in (pos[: m * 2], full):
+        values, gain = _refit_rows(RC, C, support)
+        assert gain == pytest.approx(_objective_on(R, C, support, np.zeros(support.size))
+                                     - _objective_on(R, C, support, values), rel=1e-8)
+
+
+def _objective_on(R, C, pos, values):
+    S = np.zeros(R.shape)
+    S.ravel()[pos] = values
+    return calibration_error(R, S, C)
+
+
 def test_kron_factor_refit_is_the_least_squares_solution():
     from lpfast._gram import Gram
     from lpfast.calibrated_kron import _kron_sum, _refit_first, _refit_second

@@ -82,11 +82,16 @@ def test_fit_linear_matches_numpy_and_beats_weights_only(dtype, method, params):
 @pytest.mark.parametrize("ratio", [2.0, 4.0])
 def test_ratio_bounds_the_parameters(method, ratio):
     lin, X, C = setup(torch.float32, out_f=64, in_f=48)
-    layer = fit_linear(lin, method, input_scale=(X.double() ** 2).sum(0), ratio=ratio)
+    s = (X.double() ** 2).sum(0)
+    layer = fit_linear(lin, method, input_scale=s, ratio=ratio)
     assert weight_params(layer) <= 64 * 48 / ratio
     assert weight_params(layer) >= 0.9 * 64 * 48 / ratio or method == "lowrank"
     base = fit_linear(lin, method, ratio=ratio)
     assert weight_params(base) == weight_params(layer)
+    W = lin.weight.detach().numpy()
+    errors = [lpfast.calibration_error(W, m.dense_weight().numpy(), input_scale=s.numpy())
+              for m in (layer, base)]
+    assert errors[0] <= errors[1] * (1 + 1e-4)
 
 
 def test_params_for_ratio_rule():

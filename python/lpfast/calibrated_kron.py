@@ -156,7 +156,8 @@ def doped_kp_fit_calibrated(W: Any, a_shape: Any, b_shape: Any, density: float, 
             A = _refit_first(P4, C4, B)
             B = _refit_second(P4, C4, A)
         A, B = _balance(A, B)
-        pos, vals = doping(W64 - _kron_sum(A, B), fitted, start.nnz, previous=pos)
+        pos, vals = doping(W64 - _kron_sum(A, B), fitted, start.nnz, previous=pos,
+                           previous_values=vals)
         history.append(score(A, B, pos, vals))
         if history[-1] < best[0]:
             best = (history[-1], (A, B, pos, vals))

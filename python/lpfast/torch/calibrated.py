@@ -106,14 +106,15 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
         moments only. Neither: the weights-only fit.
     ratio : float >= 1, optional
         Parameter budget: the result's weight stores at most ``in*out/ratio`` values
-        (:func:`params_for_ratio` picks rank/density; explicit ``rank``/``density`` in
-        ``params`` are then not allowed except ``rank`` for doped_kron, and
-        ``sparse_share`` for lowrank_sparse). For doped_kron without ``a_shape``/``b_shape``
+        (:func:`params_for_ratio` picks rank/density; ``density`` is then not allowed,
+        nor ``rank`` for lowrank; for lowrank_sparse a ``rank`` or ``sparse_share``
+        steers the split). For doped_kron without ``a_shape``/``b_shape``
         the factor shapes are chosen as ``DopedKroneckerLinear.from_linear`` chooses them
         (weights-only, lowest error of a few factorizations), then refit under C.
     **params
         The fit's own arguments: ``rank`` (all), ``density`` (lowrank_sparse, doped_kron),
-        ``a_shape``, ``b_shape`` (doped_kron), ``n_iter``, ``ridge``, ``tol``.
+        ``a_shape``, ``b_shape`` (doped_kron), ``n_iter`` (default: the fit's; 3 for
+        doped_kron as in ``DopedKroneckerLinear.from_linear``), ``ridge``, ``tol``.
 
     Returns
     -------
@@ -133,7 +134,7 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
     stats = {"input_gram": _gram_of(input_gram), "input_scale": _gram_of(input_scale)}
     if ratio is not None:
         fixed = {k: params.pop(k) for k in ("sparse_share",) if k in params}
-        for key in ("density",) + (("rank",) if method != "doped_kron" else ()):
+        for key in ("density",) + (("rank",) if method == "lowrank" else ()):
             if key in params:
                 msg = f"{key}: give either ratio= or {key}=, not both"
                 raise ValueError(msg)
@@ -169,6 +170,7 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
             msg = "a_shape, b_shape: doped_kron needs both (or ratio= to choose them)"
             raise ValueError(msg)
         density = params.pop("density", 0.01)
+        params.setdefault("n_iter", 3)  # DopedKroneckerLinear.from_linear's default
         op = doped_kp_fit_calibrated(W, a_shape, b_shape, density, **params, **stats)
         layer = DopedKroneckerLinear(in_f, out_f, op.a_shape, op.b_shape, 0.0, rank=op.rank,
                                      bias=bias, dtype=weight.dtype)
