@@ -105,9 +105,9 @@ def copy_of(model: Net) -> Net:
 
 # -- data-aware rules -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rule", ["lowrank:3:p=2", "lowrank_sparse:3", "doped_kron:3",
-                                  "lowrank_sparse::rank=2,density=0.1"])
+@pytest.mark.parametrize("dtype, rule", [
+    *((d, r) for d in DTYPES for r in ("lowrank:3:p=2", "lowrank_sparse:3", "doped_kron:3")),
+    (torch.float64, "lowrank_sparse::rank=2,density=0.1")])
 def test_calibrated_rules_beat_weights_only_on_err_c(dtype, rule):
     model = Net(dtype)
     data = batches(dtype)
@@ -228,22 +228,24 @@ def test_speedup_target_over_budgets():
     cal = lt.calibrate(model, batches(), ["a"], progress=False)
     dense = n_params(model.a)
     timer = fixed_timer(lambda m: n_params(m) / dense)  # speed-up = the parameter ratio
-    rep = compress(model, {"a": "auto:speedup=3.5,ratios=2/4/8"}, calibration=cal, timer=timer)
+    rep = compress(model, {"a": "auto:speedup=2.5,ratios=2/5"}, calibration=cal, timer=timer)
     sel = rep.layers[0].selection
-    expected = refit_errors(Net(), "a", cal, [2, 4, 8])
+    expected = refit_errors(Net(), "a", cal, [2, 5])
     assert {(c.method, c.ratio) for c in sel.candidates} == set(expected)
     for c in sel.candidates:
         assert c.error == pytest.approx(expected[(c.method, c.ratio)][0], rel=1e-9, abs=1e-12)
-        assert c.admissible == (c.speedup >= 3.5)
-    ok = [c for c in sel.candidates if c.speedup >= 3.5]
-    assert ok and sel.chosen is min(ok, key=lambda c: c.error) and sel.chosen.ratio >= 4
+        assert c.admissible == (c.speedup >= 2.5)
+    ok = [c for c in sel.candidates if c.speedup >= 2.5]
+    assert ok and sel.chosen is min(ok, key=lambda c: c.error) and sel.chosen.ratio == 5
     # ratio and speedup together: that ratio and the larger ones only.
     m = Net()
-    rep = compress(m, {"a": "auto:4:speedup=1.0,ratios=2/8"}, calibration=cal, timer=timer)
+    rep = compress(m, {"a": "auto:4:speedup=1.0,ratios=2/8,candidates=lowrank"},
+                   calibration=cal, timer=timer)
     assert sorted({c.ratio for c in rep.layers[0].selection.candidates}) == [4.0, 8.0]
     # Unreachable: the fastest is taken, and the table says why.
     m = Net()
-    rep = compress(m, {"a": "auto:speedup=100,ratios=2/4"}, calibration=cal, timer=timer)
+    rep = compress(m, {"a": "auto:speedup=100,ratios=2/4,candidates=lowrank/doped_kron"},
+                   calibration=cal, timer=timer)
     sel = rep.layers[0].selection
     assert sel.chosen is min(sel.candidates, key=lambda c: (c.latency, c.error))
     assert "100x" in sel.fallback and sel.fallback in str(rep)
@@ -389,8 +391,8 @@ def test_state_dict_round_trip(method):
     model = Net()
     data = batches()
     cal = lt.calibrate(model, data, ["a", "b"], progress=False)
-    rep = compress(model, {"a": f"auto:2:candidates={method}", "b": "auto:3"}, calibration=cal,
-                   timer=by_kind())
+    rep = compress(model, {"a": f"auto:2:candidates={method}", "b": "auto:3:candidates=lowrank"},
+                   calibration=cal, timer=by_kind())
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
