@@ -350,6 +350,8 @@ def test_bad_targets_are_named():
            ({"a": "auto:2:candidates=magic"}, ValueError, r"candidates"),
            ({"a": "auto:2:speedup=2,doping=false"}, ValueError, "do not go with the planner"),
            ({"a": "auto:2:rows=0"}, ValueError, r"\['rows'\]"),
+           ({"a": "auto:2:sparse_share=1.5"}, ValueError, r"\['sparse_share'\]"),
+           ({"a": "auto:2:ridge=-1"}, ValueError, r"\['ridge'\]"),
            ({"a": "auto:5000"}, ValueError, "no candidate fits"),
            ({"a": "lowrank_sparse:2:density=0.1"}, ValueError, "sparse_share"),
            ({"a": "lowrank_sparse::rank=2"}, ValueError, "'rank' needs 'density'")]

@@ -209,7 +209,10 @@ def _options(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     opt["rows"] = as_int(spec.get("rows", 16), f"{where}['rows']", low=1)
     opt["repeats"] = as_int(spec.get("repeats", 5), f"{where}['repeats']", low=1)
     opt["seed"] = as_int(spec.get("seed", 0), f"{where}['seed']", low=0)
-    opt["fit"] = {k: spec[k] for k in ("sparse_share", "ridge") if k in spec}
+    # checked here: a fit that raises is skipped as too big for its budget, so a bad option
+    # must not get that far
+    opt["fit"] = {k: as_float(spec[k], f"{where}[{k!r}]", low=0.0, high=1.0 if k == "sparse_share" else None)
+                  for k in ("sparse_share", "ridge") if k in spec}
     return opt
 
 
