@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .._validate import as_float, as_int, as_shape2
-from .layers import DopedKroneckerLinear, LowRankLinear
+from .kron import DopedKroneckerLinear
+from .lowrank import LowRankLinear
 from .lowrank_sparse import LowRankSparseLinear
 
 __all__ = ["METHODS", "fit_linear", "params_for_ratio"]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import as_float
-from .layers import LowRankLinear
+from .lowrank import LowRankLinear
 
 __all__ = ["LowRankSparseLinear"]
 
