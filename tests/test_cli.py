@@ -246,6 +246,46 @@ def test_compress_plot(tmp_path, capsys):
     assert "no --rule uses auto" in capsys.readouterr().err
 
 
+def test_compress_calibration_table_and_frontier(tmp_path, capsys):
+    torch, _ = tiny_model()
+    pytest.importorskip("matplotlib")
+    import lpfast.torch as lt
+
+    model = Tiny(torch.float64)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 300, (4, 7), generator=g) for _ in range(3)]
+    cal = lt.calibrate(model, batches, ["body.*"], progress=False)
+    src, dst, cal_path, png = (tmp_path / n for n in ("in.pt", "out.pt", "cal.pt", "f.png"))
+    torch.save(model, src)
+    cal.save(cal_path)
+    rules = ["body.0=auto:2:repeats=1,rows=2,sweep=4", "body.2=lowrank:2:p=2"]
+    code = main(["compress", str(src), str(dst), "--calibration", str(cal_path), "--plot", str(png),
+                 *(a for r in rules for a in ("--rule", r))])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "(calibrated)" in out and "err_C" in out and "<- chosen" in out and "(sweep)" in out
+    assert "body.0: auto (ratio 2; err_C: on the calibration inputs" in out
+    assert f"plot: {png}" in out and png.read_bytes()[:4] == b"\x89PNG"
+    loaded = torch.load(dst, weights_only=False)
+    same = Tiny(torch.float64)
+    lt.compress(same, {"body.2": "lowrank:2:p=2"}, calibration={"body.2": cal["body.2"]})
+    assert torch.equal(loaded.body[2].dense_weight(), same.body[2].dense_weight())  # data-aware
+    assert "_lpfast_selection" not in loaded.body[0].__dict__  # reported, not saved
+    # errors: no such file, not a calibration, statistics of a layer no rule matches
+    args = ["compress", str(src), str(tmp_path / "o.pt"), "--rule", "body.2=lowrank:2:p=2"]
+    assert main([*args, "--calibration", str(tmp_path / "none.pt")]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    torch.save({"a": 1}, tmp_path / "bad.pt")
+    assert main([*args, "--calibration", str(tmp_path / "bad.pt")]) == 2
+    assert "not a saved lpfast calibration" in capsys.readouterr().err
+    assert main([*args, "--calibration", str(cal_path)]) == 2
+    assert "calibration['body.0']: no rule matches" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()
+    assert main([*args, "--calibration", str(cal_path), "--allow-unmatched"]) == 0
+    again = torch.load(tmp_path / "o.pt", weights_only=False)  # body.0's statistics ignored
+    assert torch.equal(again.body[2].dense_weight(), same.body[2].dense_weight())
+
+
 def test_compress_errors(tmp_path, capsys, monkeypatch):
     torch, model = tiny_model()
     src = tmp_path / "in.pt"

@@ -3,7 +3,8 @@
 ``demo`` (the default) compresses a built-in synthetic layer and times it; ``info`` prints
 how the extension was built; ``compress IN.pt OUT.pt --rule PATTERN=METHOD:RATIO ...``
 replaces layers of a saved torch model by lpfast's compressed layers (needs torch; METHOD
-``auto`` runs the planner and prints its table); ``plan IN[:NAME] --ratio R`` ranks the
+``auto`` runs the planner on an embedding, and on a Linear picks a fit by output error and
+speed, printing its table; ``--calibration CAL.pt`` makes the Linear fits data-aware); ``plan IN[:NAME] --ratio R`` ranks the
 compression methods on one matrix and can plot error vs compression ratio (``--plot``,
 needs matplotlib: ``pip install "lpfast[plot]"``).
 """
@@ -40,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="ignore rules that match no module (default: error)")
     p_comp.add_argument("--threads", type=int, default=0, help="threads for torch and lpfast")
     p_comp.add_argument("--quiet", action="store_true", help="no per-layer progress")
+    p_comp.add_argument("--calibration", metavar="CAL.pt",
+                        help="input statistics of the Linears (lpfast.torch.calibrate(...)"
+                             ".save(CAL.pt)): their fits minimize the output error on those "
+                             "inputs, and auto chooses by it")
     p_comp.add_argument("--plot", metavar="OUT.png",
-                        help="save each auto layer's error vs compression ratio (needs "
-                             "matplotlib; several auto layers: OUT-<layer>.png)")
+                        help="save each auto embedding's error vs compression ratio "
+                             "(several: OUT-<layer>.png) and the auto Linears' error/speed "
+                             "frontier (OUT.png, or OUT-frontier.png next to plans); needs "
+                             "matplotlib")
     p_comp.add_argument("--plot-ratios", metavar="R1,R2,...",
                         help="with --plot: also plan auto layers at these ratios (for the plot "
                              "only; the layer is built at its rule's ratio)")

@@ -14,12 +14,14 @@ from .plan import parse_ratios, require_matplotlib
 from .plot import plot_plans
 
 RULE_HELP = """PATTERN=METHOD:RATIO[:key=value,...], repeatable. PATTERN is an fnmatch pattern on
-module names (e.g. '*.word_embeddings'); METHOD is lowrank | projective | doped_kron | auto;
-RATIO the layer's parameter compression ratio; options e.g. p=1.0, n_subspaces=4,
-a_shape=16x8, rank=2; for auto: counts=PATH.npy|PATH.pt (token counts, one per row),
-candidates=svd/lp:1/projective:5, seed=0. Examples: --rule '*.word_embeddings=lowrank:4:p=1.0',
---rule '*.word_embeddings=auto:8:counts=counts.npy'"""
-
+module names (e.g. '*.word_embeddings'); METHOD is lowrank | lowrank_sparse | projective |
+doped_kron | auto; RATIO the layer's parameter compression ratio; options e.g. p=1.0,
+n_subspaces=4, a_shape=16x8, rank=2; for auto on an embedding: counts=PATH.npy|PATH.pt
+(token counts, one per row), candidates=svd/lp:1/projective:5, seed=0; auto on a Linear
+picks among lowrank, lowrank_sparse and doped_kron by output error and measured speed, for
+a ratio ('auto:2') or a speed-up over the dense layer ('auto:speedup=1.3', fit at
+ratios=2/4/8), timed at rows=16. Examples: --rule '*.word_embeddings=lowrank:4:p=1.0',
+--rule '*.word_embeddings=auto:8:counts=counts.npy', --rule '*.intermediate.dense=auto:2'"""
 
 
 def compress(args: argparse.Namespace) -> int:
@@ -37,8 +39,8 @@ def compress(args: argparse.Namespace) -> int:
         return 2
     if args.plot:
         if not any(spec["method"] == "auto" for _, spec in rules):
-            print("error: --plot: plots the plans of 'auto' rules; no --rule uses auto",
-                  file=sys.stderr)
+            print("error: --plot: plots 'auto' rules (an embedding's plans, the Linears' "
+                  "error/speed frontier); no --rule uses auto", file=sys.stderr)
             return 2
         try:
             require_matplotlib("--plot")
@@ -53,6 +55,14 @@ def compress(args: argparse.Namespace) -> int:
         for _, spec in rules:
             if spec["method"] == "auto" and "sweep" not in spec and sweep:
                 spec["sweep"] = sweep
+    calibration = None
+    if args.calibration:
+        try:
+            calibration = lt.Calibration.load(args.calibration)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # torch.load's errors too
+            print(f"error: --calibration: {args.calibration}: not a saved lpfast calibration "
+                  f"(Calibration.save) ({e})", file=sys.stderr)
+            return 2
     print(f"loading {args.input}")
     # A whole pickled model (torch.save(model, path)): unpickling runs code from the file,
     # so only load files you trust.
@@ -68,7 +78,8 @@ def compress(args: argparse.Namespace) -> int:
         lpfast.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        report = lt.compress(model, rules, strict=not args.allow_unmatched,
+        report = lt.compress(model, rules, calibration=calibration,
+                             strict=not args.allow_unmatched,
                              progress=None if args.quiet else print)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -80,14 +91,27 @@ def compress(args: argparse.Namespace) -> int:
             json.dump(report.to_dict(), f, indent=2)
         print(f"report: {args.report_json}")
     if args.plot:
-        planned = [r for r in report.layers if r.plan is not None]
-        root, ext = os.path.splitext(args.plot)
-        for r in planned:
-            path = args.plot if len(planned) == 1 else f"{root}-{r.name}{ext or '.png'}"
-            n, d = r.plan.shape
-            spec = next(sp for pat, sp in rules if fnmatch.fnmatchcase(r.name, pat))
-            weighted = spec.get("counts") is not None or spec.get("weights") is not None
-            title = f"{r.name} ({n} x {d}){', usage-weighted' if weighted else ''}"
-            plot_plans(r.sweep or [r.plan], path, title, weighted=weighted)
-            print(f"plot: {path}")
+        _plot(args, rules, report)
     return 0
+
+
+def _plot(args: argparse.Namespace, rules: list, report) -> None:
+    """The planner's error-vs-ratio plot of each planned layer (OUT-<layer>.png when more
+    than one), and the error/speed frontier of the Linears auto chose for (OUT.png, or
+    OUT-frontier.png next to plans)."""
+    from lpfast.torch import plot_frontier
+
+    planned = [r for r in report.layers if r.plan is not None]
+    root, ext = os.path.splitext(args.plot)
+    for r in planned:
+        path = args.plot if len(planned) == 1 else f"{root}-{r.name}{ext or '.png'}"
+        n, d = r.plan.shape
+        spec = next(sp for pat, sp in rules if fnmatch.fnmatchcase(r.name, pat))
+        weighted = spec.get("counts") is not None or spec.get("weights") is not None
+        title = f"{r.name} ({n} x {d}){', usage-weighted' if weighted else ''}"
+        plot_plans(r.sweep or [r.plan], path, title, weighted=weighted)
+        print(f"plot: {path}")
+    if any(r.selection is not None for r in report.layers):
+        path = f"{root}-frontier{ext or '.png'}" if planned else args.plot
+        plot_frontier(report, path, title=f"{os.path.basename(args.input)}: output error vs speed-up")
+        print(f"plot: {path}")

@@ -17,6 +17,7 @@ from .annealing import DensitySchedule, SparsityAnnealer
 from .calibrate import Calibration, LayerStats, calibrate
 from .distill import DistillLayerReport, DistillReport, distill, output_error
 from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
+from .frontier import plot_frontier
 from .kron import DopedKroneckerLinear, co_matrix_dropout
 from .lowrank import LowRankEmbedding, LowRankLinear
 from .ops import doped_kp_matmul
@@ -36,6 +37,7 @@ __all__ = [
     "CompressionReport",
     "LayerReport",
     "compress",
+    "plot_frontier",
     "parse_rule",
     "register_method",
     "DensitySchedule",

@@ -3,6 +3,9 @@ SVD, lp and k-subspace fits, with and without exact rows, at the layer's budget,
 winner becomes the layer (``RowDoped*`` when it stores exact rows, else the existing layer
 holding the same numbers). Options: row weights from token counts or given, the planner's
 candidates and grids, a sweep over more ratios (for error-vs-ratio plots).
+
+An nn.Linear whose rule gives none of the planner's options goes to ``_select.py``
+instead: low rank, low rank + sparse and doped Kronecker chosen by output error and speed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from torch import nn
 from .. import plan_compression, usage_weights
 from ._checks import compression_ratio
 from ._registry import PROGRESS
-from ._rules import sequence, spec_keys, too_small, weight_budget
+from ._rules import exact_ratio, sequence, spec_keys, too_small, weight_budget
+from ._select import select, wants_selection
 from .lowrank import LowRankEmbedding, LowRankLinear
 from .projective import ProjectiveEmbedding
 from .row_doped import RowDopedEmbedding, RowDopedLinear
@@ -82,14 +86,6 @@ def _auto_weights(name: str, spec: Mapping[str, Any], n: int) -> Optional[np.nda
         raise type(e)(f"rules[{name!r}]: {e}") from e
 
 
-def _planner_ratio(size: int, budget: int) -> float:
-    """A ratio with ``floor(size / ratio) == budget`` exactly (the planner's budget rule)."""
-    ratio = size / budget
-    while math.floor(size / ratio) < budget:
-        ratio = float(np.nextafter(ratio, 0.0))
-    return ratio
-
-
 def _layer_from_plan(module: nn.Module, plan: Any, layer: str) -> nn.Module:
     """The best fit as a layer: RowDoped* if it stores exact rows (or ``layer="row_doped"``),
     else the existing layer storing the same numbers (LowRank*, ProjectiveEmbedding)."""
@@ -130,7 +126,10 @@ def _layer_from_plan(module: nn.Module, plan: Any, layer: str) -> nn.Module:
 def auto(name: str, module: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
     """``{"method": "auto", "ratio": r, "counts" | "weights": ..., "power": 1.0,
     "floor": 1.0, "candidates": ..., "p_values": ..., "k_values": ..., "doping": "both",
-    "seed": 0, "refit": True, "layer": "auto", "sweep": ...}``."""
+    "seed": 0, "refit": True, "layer": "auto", "sweep": ...}``; an nn.Linear without
+    the planner's options: ``{"method": "auto", "ratio": r, "speedup": s, ...}`` (``_select``)."""
+    if wants_selection(name, module, spec):
+        return select(name, module, spec)
     spec_keys(name, spec, _AUTO_OPTIONS, ("ratio",))
     if isinstance(module, nn.Embedding):
         if module.max_norm is not None or module.sparse:
@@ -217,7 +216,7 @@ def _planner(name: str, E: torch.Tensor, kw: dict[str, Any]) -> Callable[[int], 
 
     def fit(budget: int) -> Any:
         try:
-            return plan_compression(E, _planner_ratio(n * d, budget), callback=report, **kw)
+            return plan_compression(E, exact_ratio(n * d, budget), callback=report, **kw)
         except ValueError as e:  # the planner's message names its argument: add the rule
             raise ValueError(f"rules[{name!r}]: {e}") from e
         except TypeError as e:

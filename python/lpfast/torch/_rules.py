@@ -6,14 +6,16 @@ budget a ratio leaves). Errors name the rule: ``rules['PATTERN']['option']: ...`
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Mapping, Union
 
+import numpy as np
 from torch import nn
 
 from ._checks import compression_ratio
 from ._registry import METHODS
 
-__all__ = ["Rules", "budget", "n_params", "normalize_rules", "parse_rule", "sequence",
+__all__ = ["Rules", "budget", "exact_ratio", "n_params", "normalize_rules", "parse_rule", "sequence",
            "spec_keys", "too_small", "weight_budget"]
 
 Rules = Union[Mapping[str, Union[Mapping[str, Any], str]], Iterable[tuple[str, Any]]]
@@ -33,6 +35,15 @@ def weight_budget(name: str, module: nn.Module, spec: Mapping[str, Any]) -> floa
     """:func:`budget` less a Linear's bias (copied as it is, so it is spent first)."""
     bias = module.bias if isinstance(module, nn.Linear) else None
     return budget(name, module, spec) - (0 if bias is None else bias.numel())
+
+
+def exact_ratio(size: int, budget: int) -> float:
+    """A ratio with ``floor(size / ratio) == budget`` exactly (``size / budget`` may floor
+    one below it in floating point), for fits that take a ratio and floor it themselves."""
+    ratio = size / budget
+    while math.floor(size / ratio) < budget:
+        ratio = float(np.nextafter(ratio, 0.0))
+    return ratio
 
 
 def too_small(name: str, spec: Mapping[str, Any], what: str) -> ValueError:
@@ -121,15 +132,19 @@ def _value(text: str) -> Any:
 
 
 def parse_rule(text: str) -> tuple[str, dict[str, Any]]:
-    """``"PATTERN=METHOD:RATIO[:key=value,...]"`` -> ``(pattern, spec)``.
+    """``"PATTERN=METHOD:RATIO[:key=value,...]"`` (or ``"PATTERN=METHOD:key=value,..."``)
+    -> ``(pattern, spec)``.
 
     Values are parsed as int, float, bool, ``AxB`` shapes (``a_shape=16x8``) or strings;
-    ``RATIO`` may be empty when a size option is given (``lowrank::rank=8``).
+    ``RATIO`` may be empty when a size option is given (``lowrank::rank=8``), or left out
+    altogether before options (``auto:speedup=1.3`` = ``auto::speedup=1.3``).
 
     Examples
     --------
     >>> parse_rule("*.word_embeddings=lowrank:4:p=1.5")
     ('*.word_embeddings', {'method': 'lowrank', 'ratio': 4, 'p': 1.5})
+    >>> parse_rule("*.dense=auto:speedup=1.3,rows=32")
+    ('*.dense', {'method': 'auto', 'speedup': 1.3, 'rows': 32})
     """
     if not isinstance(text, str):
         msg = f"rule: expected a str 'PATTERN=METHOD:RATIO[:key=value,...]', got {type(text).__name__}"
@@ -137,6 +152,8 @@ def parse_rule(text: str) -> tuple[str, dict[str, Any]]:
     pattern, eq, rhs = text.partition("=")
     method, _, rest = rhs.partition(":")
     ratio, _, opts = rest.partition(":")
+    if "=" in ratio:  # no ratio, options only: "auto:speedup=1.3"
+        ratio, opts = "", rest
     if not eq or not pattern or not method:
         msg = f"rule: expected 'PATTERN=METHOD:RATIO[:key=value,...]', got {text!r}"
         raise ValueError(msg)

@@ -6,12 +6,12 @@ measures they hold (parameters, index buffers, relative weight error).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["CompressionReport", "LayerReport", "n_indices", "relative_error"]
+__all__ = ["CompressionReport", "LayerReport", "n_indices", "relative_error", "weight_of"]
 
 
 @dataclass
@@ -38,6 +38,14 @@ class LayerReport:
     sweep : list of lpfast.Plan or None
         With the ``"auto"`` option ``sweep``: the plans at every ratio (``plan`` among
         them), by increasing ratio.
+    selection : Selection or None
+        ``"auto"`` on an nn.Linear: every candidate fit with its parameters, output error
+        and speed-up over the dense layer, the chosen one marked (``str(selection)`` is
+        the table, ``selection.to_dict()`` the data).
+    output_error : float or None
+        For a Linear with calibration statistics: the relative output error on the
+        calibration inputs, ``||(W - W_new) L||_F^2 / ||W L||_F^2`` with C = L Lᵀ the input
+        Gram (note: squared, unlike ``relative_error``).
     """
 
     name: str
@@ -51,6 +59,8 @@ class LayerReport:
     indices_after: int = 0
     plan: Any = None
     sweep: Any = None
+    selection: Any = None
+    output_error: Optional[float] = None
 
     @property
     def ratio(self) -> float:
@@ -65,9 +75,10 @@ class LayerReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-serializable); the plan as its rows, budget and ratio."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("plan", "sweep")}
+               if f.name not in ("plan", "sweep", "selection")}
         out.update(ratio=self.ratio, stored_after=self.stored_after,
                    plan=None if self.plan is None else self.plan.to_dict(),
+                   selection=None if self.selection is None else self.selection.to_dict(),
                    sweep=None if self.sweep is None else [p.to_dict() for p in self.sweep])
         return out
 
@@ -102,21 +113,30 @@ class CompressionReport:
 
     def __str__(self) -> str:
         w = max([len(r.name) for r in self.layers] + [5])
+        calibrated = any(r.output_error is not None for r in self.layers)
         lines = [f"{'layer':<{w}}  {'method':<10} {'params':>10} -> {'after':>9} {'ratio':>6}  "
-                 f"{'+index':>7}  {'rel.err':>8}  {'fit s':>6}"]
+                 f"{'+index':>7}  {'rel.err':>8}  {'fit s':>6}"
+                 + (f"  {'err_C':>8}" if calibrated else "")]
         for r in self.layers:
+            err_c = "" if not calibrated else (f"  {r.output_error:>8.5f}"
+                                               if r.output_error is not None else f"  {'-':>8}")
             lines.append(f"{r.name:<{w}}  {r.method:<10} {r.params_before:>10} -> "
                          f"{r.params_after:>9} {r.ratio:>5.2f}x  {r.indices_after:>7}  "
-                         f"{r.relative_error:>8.4f}  {r.seconds:>6.2f}")
+                         f"{r.relative_error:>8.4f}  {r.seconds:>6.2f}" + err_c)
         total = self.model_params_before / max(self.model_params_after, 1)
         lines.append(f"model: {self.model_params_before} -> {self.model_params_after} parameters "
                      f"({total:.2f}x)")
         if self.indices_after:
             lines.append(f"(+index: integer buffers of the new layers, {self.indices_after} in all, "
                          f"not parameters)")
+        if calibrated:
+            lines.append("(err_C: relative squared output error on the calibration inputs, "
+                         "||(W - W_new) L||^2 / ||W L||^2 with C = L L^T)")
         for r in self.layers:
             if r.plan is not None:
                 lines += ["", f"{r.name}: {r.plan}"]
+            if r.selection is not None:
+                lines += ["", f"{r.name}: {r.selection}"]
         return "\n".join(lines)
 
 
@@ -126,7 +146,8 @@ def n_indices(module: nn.Module) -> int:
                if not (b.is_floating_point() or b.is_complex() or b.dtype == torch.bool))
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The (out, in) weight a layer applies, detached: ``dense_weight()`` of lpfast layers."""
     if hasattr(module, "dense_weight"):
         return module.dense_weight()
     return module.weight.detach()
@@ -135,6 +156,6 @@ def _weight(module: nn.Module) -> torch.Tensor:
 def relative_error(old: nn.Module, new: nn.Module) -> float:
     """``||W - W_new||_F / ||W||_F`` in float64 (the absolute error when W is zero)."""
     W = old.weight.detach().double()
-    diff = torch.linalg.norm(W - _weight(new).double())
+    diff = torch.linalg.norm(W - weight_of(new).double())
     norm = torch.linalg.norm(W)
     return float(diff / norm) if norm > 0 else float(diff)
