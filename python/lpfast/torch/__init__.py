@@ -21,6 +21,7 @@ from .kron import DopedKroneckerLinear, co_matrix_dropout
 from .lowrank import LowRankEmbedding, LowRankLinear
 from .ops import doped_kp_matmul
 from .projective import ProjectiveEmbedding
+from .prune import PairReport, PruneReport, ffn_pairs, prune_ffn
 from .row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = [
@@ -41,6 +42,10 @@ __all__ = [
     "LowRankEmbedding",
     "LowRankLinear",
     "ProjectiveEmbedding",
+    "PairReport",
+    "PruneReport",
+    "ffn_pairs",
+    "prune_ffn",
     "RowDopedEmbedding",
     "RowDopedLinear",
     "SparsityAnnealer",
