@@ -7,7 +7,7 @@ Half the hidden units kept (768).
 
 Group ``prune-hidden-384x1536``:
 
-* ``test_prune_hidden_units``  lpfast: score, refit (Cholesky solve on C[K, K]) and the two
+* ``test_prune_hidden_units``  lpfast: score, refit (LU solve on C[K, K] + ridge) and the two
   reported calibration errors;
 * ``test_numpy_baseline``  the same scores and refit in plain NumPy (``np.linalg.solve``),
   no errors reported: the floor for the fit itself.

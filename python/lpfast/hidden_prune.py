@@ -17,7 +17,6 @@ for a whitened SVD at the same parameter count.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +46,8 @@ class HiddenPrune:
         plain column selection V = W2[:, keep] (before) and for the refit V = W_out (after);
         0 when ``tr(W2 C W2ᵀ)`` is 0.
     refit : bool
-        False when the refit was not used: all units kept, or the ridge-regularized solve
-        came out worse than plain selection (then ``W_out = W2[:, keep]``).
+        False when the refit was not used: all units kept, or no solve beat plain selection
+        (then ``W_out = W2[:, keep]``).
     """
 
     keep: np.ndarray
@@ -86,11 +85,14 @@ def _check_gram(C, h: int, name: str) -> np.ndarray:
     return C
 
 
-def _rel_error(W: np.ndarray, V: np.ndarray, keep: np.ndarray, C: np.ndarray, total: float) -> float:
-    D = W.copy()
-    D[:, keep] -= V
-    err = float(np.einsum("ij,ij->", D @ C, D))
-    return max(err, 0.0) / total if total > 0 else 0.0
+def _rel_error(V: np.ndarray, WC_K: np.ndarray, CKK: np.ndarray, total: float) -> float:
+    """tr(D C Dᵀ) / total for D = W − V P_K, expanded as tr(W C Wᵀ) − 2 tr(V (W C)[:, K]ᵀ)
+    + tr(V C[K, K] Vᵀ): O(d k²) instead of the O(d h²) of forming D C. Cancellation costs
+    about log10(1/error) of float64's 16 digits, harmless for a reported error."""
+    if not total > 0:
+        return 0.0
+    err = total - 2.0 * float(np.einsum("ij,ij->", V, WC_K)) + float(np.einsum("ij,ij->", V @ CKK, V))
+    return max(err, 0.0) / total
 
 
 def prune_hidden_units(W_out, hidden_gram, keep, *, ridge: float = 1e-6,
@@ -121,12 +123,14 @@ def prune_hidden_units(W_out, hidden_gram, keep, *, ridge: float = 1e-6,
     HiddenPrune
         ``keep`` (sorted indices), the refit ``W_out`` (d_out, k) in the input's dtype,
         ``scores``, ``error_before`` / ``error_after`` (see :class:`HiddenPrune`). The refit
-        is never worse than plain selection on the calibration objective: if the ridge makes
-        it so, plain selection is returned (``refit=False``). Keeping all h units returns
+        is never worse than plain selection on the calibration objective: if the ridge (or a
+        singular C[K, K]) makes the solve worse, the minimum-norm least-squares solution
+        (``scipy.linalg.lstsq``) is used, and failing that plain selection (``refit=False``). Keeping all h units returns
         ``W_out`` unchanged (error 0).
 
-    Complexity: O(d_out · h + h log h) to score, O(k³ + d_out · k · h) to refit, and
-    O(d_out · h²) for the two reported errors; memory O(h² + d_out · h) float64.
+    Complexity: O(d_out · h + h log h) to score; O(d_out · h² + k³ + d_out · k²) to refit
+    and report the two errors (one product W_out · C, an LU solve); memory
+    O(h² + d_out · h) float64.
 
     Raises
     ------
@@ -149,25 +153,29 @@ def prune_hidden_units(W_out, hidden_gram, keep, *, ridge: float = 1e-6,
     scores = np.einsum("ij,ij->j", W64, W64) * np.diag(C)
     # Stable sort on -score: ties keep the lower index, so the choice is deterministic.
     K = np.sort(np.argsort(-scores, kind="stable")[:k]).astype(np.int64)
-    total = float(np.einsum("ij,ij->", W64 @ C, W64))
-    plain = W64[:, K]
-    before = _rel_error(W64, plain, K, C, total)
     if k == h:
         return HiddenPrune(K, W.copy(), scores, 0.0, 0.0, False)
-
+    WC = W64 @ C  # the one O(d h²) product: gives the total and the refit's right-hand side
+    total = float(np.einsum("ij,ij->", WC, W64))
+    WC_K = WC[:, K]
     CKK = C[np.ix_(K, K)]
+    plain = W64[:, K]
+    before = _rel_error(plain, WC_K, CKK, total)
     lam = ridge * float(np.mean(np.diag(CKK)))
-    rhs = C[K] @ W64.T  # (k, d_out)
+    rhs = WC_K.T  # C[K, :] W_outᵀ, (k, d_out), as C is symmetric
+    # An LU solve (NumPy): on the development machine scipy.linalg.solve(assume_a="pos"),
+    # scipy's cho_factor and even NumPy's Cholesky took 0.9-1.5 s at k = 768 against
+    # 0.35 s for np.linalg.solve (bench/bench_prune.py, machine under load).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
-            X = scipy.linalg.solve(CKK + lam * np.eye(k), rhs, assume_a="pos")
-    except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning):
-        # Singular C[K, K] with ridge 0 (or numerically indefinite): the minimum-norm
+        V = np.linalg.solve(CKK + lam * np.eye(k), rhs).T
+        after = _rel_error(V, WC_K, CKK, total) if np.isfinite(V).all() else np.inf
+    except np.linalg.LinAlgError:
+        after = np.inf
+    if not after <= before:
+        # Singular C[K, K] with ridge 0 (dead or duplicate units kept): the minimum-norm
         # least-squares solution is still an optimum of the objective.
-        X = scipy.linalg.lstsq(CKK, rhs)[0]
-    V = X.T
-    after = _rel_error(W64, V, K, C, total)
+        V = scipy.linalg.lstsq(CKK, rhs)[0].T
+        after = _rel_error(V, WC_K, CKK, total)
     if not after <= before:  # also catches NaN from a degenerate solve
         return HiddenPrune(K, np.ascontiguousarray(plain.astype(W.dtype)), scores, before,
                            before, False)
