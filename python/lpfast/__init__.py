@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import _core
 from .kron import DopedKronecker, doped_kp_matmul
 from .kron_fit import doped_kp_fit, kron_factor_shapes, nearest_kronecker
+from .hidden_prune import HiddenPrune, hidden_keep_count, prune_hidden_units
 from .lewis import lewis_sample, lewis_weights
 from .planner import Plan, plan_compression
 from .projective import KSubspaces, k_subspaces
@@ -28,6 +29,8 @@ __all__ = [
     "doped_kp_matmul",
     "get_num_threads",
     "has_openmp",
+    "hidden_keep_count",
+    "HiddenPrune",
     "lewis_sample",
     "lewis_weights",
     "k_subspaces",
@@ -38,6 +41,7 @@ __all__ = [
     "nearest_kronecker",
     "Plan",
     "plan_compression",
+    "prune_hidden_units",
     "RowDoped",
     "row_doped_fit",
     "set_num_threads",

@@ -22,6 +22,7 @@ from .kron import DopedKroneckerLinear, co_matrix_dropout
 from .lowrank import LowRankEmbedding, LowRankLinear
 from .ops import doped_kp_matmul
 from .projective import ProjectiveEmbedding
+from .prune import PairReport, PruneReport, ffn_pairs, prune_ffn
 from .row_doped import RowDopedEmbedding, RowDopedLinear
 from .lowrank_sparse import LowRankSparseLinear
 from .calibrated import fit_linear, params_for_ratio
@@ -45,6 +46,10 @@ __all__ = [
     "LowRankEmbedding",
     "LowRankLinear",
     "ProjectiveEmbedding",
+    "PairReport",
+    "PruneReport",
+    "ffn_pairs",
+    "prune_ffn",
     "RowDopedEmbedding",
     "RowDopedLinear",
     "SparsityAnnealer",
