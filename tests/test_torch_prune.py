@@ -18,7 +18,7 @@ from scipy.special import erf  # noqa: E402
 from torch import nn  # noqa: E402
 
 import lpfast  # noqa: E402
-from _torch_models import bert_batches, tiny_bert  # noqa: E402
+from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert  # noqa: E402
 from lpfast.torch import calibrate, ffn_pairs, prune_ffn  # noqa: E402
 
 D, H, BLOCKS = 12, 48, 2
@@ -156,12 +156,12 @@ def test_state_dict_round_trip():
 
 def test_tiny_bert_pairs_and_round_trip():
     transformers = pytest.importorskip("transformers")
-    model = tiny_bert()
+    model = tiny_bert(**SMALL_BERT)
     pairs = ffn_pairs(model)
     assert pairs == {f"encoder.layer.{i}.intermediate.dense": f"encoder.layer.{i}.output.dense"
                      for i in range(2)}
     batches, held = bert_batches(4, seed=0), bert_batches(2, seed=1)
-    ref = tiny_bert()
+    ref = tiny_bert(**SMALL_BERT)
     cal = calibrate(model, batches, rules=list(pairs.values()), progress=False)
     W2 = model.encoder.layer[0].output.dense.weight.detach().double().numpy()
     want = lpfast.prune_hidden_units(W2, cal["encoder.layer.0.output.dense"].input_gram.numpy(), 32)
