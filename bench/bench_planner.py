@@ -16,7 +16,9 @@ Group ``planner-30522x384-f32-r8``:
   on the 2-core development machine.
 
 Each benchmark asserts its plan is right (parameter counts exact and within the budget, the
-best row the lowest error), so ``--benchmark-disable`` turns this file into a (slow) test.
+best row the lowest error), so ``--benchmark-disable`` (the default of ``python -m pytest``)
+turns this file into a test; it then plans a CHECK_ROWS x CHECK_DIM table of the same kind
+instead, since the assertions hold at any size and the full table takes minutes per plan.
 
 Environment: ``LPFAST_BENCH_RATIO`` (default 8).
 
@@ -36,6 +38,7 @@ import lpfast
 from lpfast import reference as ref
 
 N_ROWS, DIM = 30522, 384
+CHECK_ROWS, CHECK_DIM = 3000, 48  # the table when benchmarks are disabled (a test run)
 RATIO = float(os.environ.get("LPFAST_BENCH_RATIO", "8"))
 SEED = 20240601
 OUTLIER_FRACTION = 0.05
@@ -44,16 +47,21 @@ CANDIDATES = ("svd", "lp:1", "lp:1.5", "projective:2", "projective:5", "projecti
 
 
 @lru_cache(maxsize=1)
-def table() -> tuple[np.ndarray, np.ndarray]:
+def table(n_rows: int = N_ROWS, dim: int = DIM) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(SEED)
-    Q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
-    s = np.arange(1, DIM + 1) ** -0.5
-    X = (rng.standard_normal((N_ROWS, DIM)) * s) @ Q.T
-    m = int(OUTLIER_FRACTION * N_ROWS)
-    rows = rng.choice(N_ROWS, m, replace=False)
-    X[rows] = 10.0 * np.sqrt(s @ s / DIM) * rng.standard_normal((m, DIM))
-    counts = np.floor(1e7 / np.arange(1, N_ROWS + 1) ** 1.1)[rng.permutation(N_ROWS)]
+    Q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    s = np.arange(1, dim + 1) ** -0.5
+    X = (rng.standard_normal((n_rows, dim)) * s) @ Q.T
+    m = int(OUTLIER_FRACTION * n_rows)
+    rows = rng.choice(n_rows, m, replace=False)
+    X[rows] = 10.0 * np.sqrt(s @ s / dim) * rng.standard_normal((m, dim))
+    counts = np.floor(1e7 / np.arange(1, n_rows + 1) ** 1.1)[rng.permutation(n_rows)]
     return np.ascontiguousarray(X, dtype=np.float32), lpfast.usage_weights(counts)
+
+
+def data(benchmark) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's table, or the small one when benchmarks are disabled."""
+    return table() if benchmark.enabled else table(CHECK_ROWS, CHECK_DIM)
 
 
 def _load() -> list[float]:
@@ -85,7 +93,7 @@ def _row_info(r: dict) -> dict:
 @pytest.mark.parametrize("doped", [False, True], ids=["plain", "doped"])
 @pytest.mark.parametrize("candidate", CANDIDATES)
 def test_candidate(benchmark, candidate: str, doped: bool):
-    X, w = table()
+    X, w = data(benchmark)
     plan = benchmark.pedantic(lpfast.plan_compression, args=(X, RATIO),
                               kwargs={"weights": w, "seed": 0, "candidates": [candidate],
                                       "doping": (doped,)},
@@ -97,7 +105,7 @@ def test_candidate(benchmark, candidate: str, doped: bool):
 
 @pytest.mark.benchmark(group=GROUP)
 def test_plan(benchmark):
-    X, w = table()
+    X, w = data(benchmark)
     plan = benchmark.pedantic(lpfast.plan_compression, args=(X, RATIO),
                               kwargs={"weights": w, "seed": 0},
                               rounds=1, iterations=1, warmup_rounds=0)

@@ -4,16 +4,37 @@
 * runs the benchmarks case by case (all competitors of one group back to back), so that
   competitors of a group see the same machine load and only one case's dense W is alive;
 * records the thread pools, lpfast's OpenMP build and the torch version in the
-  ``--benchmark-json`` machine info, and prints them in the pytest header.
+  ``--benchmark-json`` machine info, and prints them in the pytest header;
+* times the benchmarks only when asked (``--benchmark-only``, ``--benchmark-enable``, or an
+  option that saves or compares timings); otherwise, as in the project's test command
+  ``python -m pytest``, each runs once as a test of its assertions (``--benchmark-disable``),
+  and the ``benchmark`` fixture still times that run, so a benchmark that reads
+  ``benchmark.stats`` works as a test too.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
 
 HERE = Path(__file__).resolve().parent
+
+
+# Options that ask for timings; without any of them the benchmarks run as tests.
+_TIMING_OPTIONS = ("benchmark_only", "benchmark_enable", "benchmark_json", "benchmark_save",
+                   "benchmark_autosave", "benchmark_compare", "benchmark_histogram")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs before pytest-benchmark reads its options (tryfirst), so the default is a test
+    # run: timing all of bench/ takes far longer than checking it.
+    if not any(getattr(config.option, name, None) for name in _TIMING_OPTIONS):
+        config.option.benchmark_disable = True
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -43,6 +64,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     for slot, (_, item) in zip(slots, sorted(keyed, key=key)):
         items[slot] = item
+
+
+class _TimedOnce(BenchmarkFixture):
+    """pytest-benchmark's disabled fixture runs the function once and leaves ``stats`` None;
+    this one also times that run and reports it as ``stats.stats`` (mean = min = max)."""
+
+    def _timed(self, run, *args, **kwargs):
+        t0 = time.perf_counter()
+        result = run(*args, **kwargs)
+        t = time.perf_counter() - t0
+        self.stats = SimpleNamespace(stats=SimpleNamespace(mean=t, min=t, max=t, median=t,
+                                                           rounds=1))
+        return result
+
+    def __call__(self, function_to_benchmark, *args, **kwargs):
+        return self._timed(super().__call__, function_to_benchmark, *args, **kwargs)
+
+    def pedantic(self, target, *args, **kwargs):
+        return self._timed(super().pedantic, target, *args, **kwargs)
+
+
+@pytest.fixture
+def benchmark(benchmark):  # noqa: F811 - pytest-benchmark's fixture, timed when disabled
+    if benchmark.disabled:
+        benchmark.__class__ = _TimedOnce  # the plugin requires a BenchmarkFixture instance
+    return benchmark
 
 
 def _runtime_info() -> dict[str, object]:

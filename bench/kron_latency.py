@@ -2,7 +2,7 @@
 
 Times, in a loop of plain calls (median and minimum, microseconds):
   op(x)         the public call: Python checks, the binding, the kernel;
-  kernel        the compiled serving kernel alone (the operator's ``_core.sell_kernel``);
+  kernel        the compiled serving kernel alone (the operator's ``_native.sell_kernel``);
   kron only     such a kernel with an empty S: the Kronecker GEMMs plus call overhead;
   reference     ``lpfast.reference.doped_kp_matmul`` (NumPy reshapes + SciPy CSR).
 The sparse part is about kernel - kron only; Python about op(x) - kernel.
@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import lpfast
-from lpfast import _core
+from lpfast import _native
 from lpfast import reference as ref
 
 
@@ -52,8 +52,8 @@ def main(argv=None):
     y = np.empty((1, 4096), np.float32)
     Bt, slice_ptr, row_of, indices, data = op._sell  # noqa: SLF001 - timing the private path
     kernel = op._serve  # noqa: SLF001
-    kron_only = _core.sell_kernel(op.A, Bt, np.zeros_like(slice_ptr), row_of, indices[:0],
-                                  data[:0], None)
+    kron_only = _native.sell_kernel(A=op.A, Bt=Bt, slice_ptr=np.zeros_like(slice_ptr),
+                                    row_of=row_of, indices=indices[:0], data=data[:0], bias=None)
     rows = {
         "op(x)": lambda: op(x),
         "kernel": lambda: kernel(x, y, True),

@@ -11,7 +11,8 @@ import pytest
 import lpfast
 from lpfast import reference as ref
 
-DTYPES = [np.float32, np.float64]
+from shared import DTYPES
+
 RTOL = {np.float32: 2e-4, np.float64: 1e-7}
 
 

@@ -13,6 +13,8 @@ import pytest
 import lpfast
 from lpfast import reference as ref
 
+from shared import DTYPES
+
 
 def planted(n, d, k, j, noise, seed, dtype=np.float64):
     rng = np.random.default_rng(seed)
@@ -43,7 +45,7 @@ def ari(a, b):
 
 # -- same Lloyd as the reference -------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p", [2.0, 1.0, 1.5])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matches_reference(dtype, p, weighted):
@@ -85,7 +87,7 @@ def test_matches_reference_with_empty_cluster_reseed():
     assert len(np.unique(r.labels)) == 3
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p", [2.0, 1.0])
 def test_bounded_assignment_matches_full(dtype, p):
     """Late iterations keep most labels by the subspace-movement bounds and compute only the
@@ -148,7 +150,7 @@ def test_seeding_quality_over_20_seeds():
 
 # -- k = 1 ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_k1_p2_is_svd(dtype):
     X = np.random.default_rng(9).standard_normal((400, 12)).astype(dtype) * np.linspace(3, 0.5, 12)
     r = lpfast.k_subspaces(X, 1, 4, seed=0)

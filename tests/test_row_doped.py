@@ -15,6 +15,8 @@ import lpfast
 from lpfast import reference as ref
 from lpfast.row_doped import RowDoped
 
+from shared import DTYPES
+
 
 def vocabulary(n=3000, d=64, r=6, n_heavy=60, noise=0.05, seed=0, dtype=np.float64):
     """(E, counts): rows on an r-dim subspace plus noise, Zipf usage (exponent 1.1) in a
@@ -188,7 +190,7 @@ def test_low_rank_count_matches_plain_svd_without_doping():
 
 @pytest.mark.parametrize("method, kw", [("svd", {}), ("lp", {"p": 1.0}),
                                         ("projective", {"n_subspaces": 3, "seed": 2})])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_reconstruct_lookup_state(method, kw, dtype):
     E, counts = vocabulary(400, 16, r=3, n_heavy=10, seed=5, dtype=dtype)
     w = lpfast.usage_weights(counts)

@@ -10,7 +10,8 @@ import pytest
 import lpfast
 import lpfast.reference as ref
 
-DTYPES = (np.float32, np.float64)
+from shared import DTYPES
+
 #: (relative cost, projector Frobenius distance) tolerances against the reference.
 TOL = {np.float32: (2e-4, 2e-2), np.float64: (1e-9, 1e-6)}
 

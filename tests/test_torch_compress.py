@@ -1,10 +1,11 @@
-"""lpfast.torch.compress and ``python -m lpfast compress``.
+"""lpfast.torch.compress with the fixed-kind methods (lowrank, projective, doped_kron).
 
 Layout:
   small models       rules by pattern, every method, report numbers recomputed exactly
   tiny BERT          transformers.BertConfig (no download): word embeddings + one FFN layer
   rules              short form parsing, registry (the hook for a planner), bad rules
-  command line       in-process on a saved tiny model
+
+The "auto" method is in test_torch_compress_auto.py, the command line in test_torch_cli.py.
 """
 
 from __future__ import annotations
@@ -18,44 +19,15 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import lpfast.torch as lt  # noqa: E402
-from lpfast.__main__ import main  # noqa: E402
 from lpfast.torch import compress, parse_rule  # noqa: E402
 from lpfast.torch.compress import METHODS, register_method  # noqa: E402
 
-
-class Tiny(nn.Module):
-    def __init__(self, dtype=torch.float32):
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb = nn.Embedding(300, 32, dtype=dtype)
-        self.body = nn.Sequential(nn.Linear(32, 48, dtype=dtype), nn.ReLU(),
-                                  nn.Linear(48, 32, dtype=dtype))
-        self.head = nn.Linear(32, 10, bias=False, dtype=dtype)
-
-    def forward(self, idx):
-        return self.head(self.body(self.emb(idx)).mean(1))
+from _torch_helpers import DTYPES, Tiny, check_report_exact, n_params, tiny_bert  # noqa: E402
 
 
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+# -- small models --------------------------------------------------------------------------
 
-
-def check_report_exact(report, model: nn.Module, originals: dict[str, nn.Module]) -> None:
-    """Every number of the report recomputed from the modules themselves."""
-    assert report.model_params_after == n_params(model)
-    for row in report.layers:
-        old, new = originals[row.name], model.get_submodule(row.name)
-        assert row.params_before == n_params(old)
-        assert row.params_after == n_params(new)
-        W = old.weight.detach().double()
-        err = torch.linalg.norm(W - new.dense_weight().double()) / torch.linalg.norm(W)
-        assert row.relative_error == pytest.approx(float(err), rel=1e-12)
-        assert row.ratio == row.params_before / row.params_after
-    assert report.model_params_before - report.params_before + report.params_after \
-        == report.model_params_after
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_compress_every_method(dtype):
     model = Tiny(dtype)
     originals = dict(model.named_modules())
@@ -102,16 +74,7 @@ def test_tied_weights_refused():
     assert isinstance(model.emb, nn.Embedding)
 
 
-# -- tiny BERT ---------------------------------------------------------------------------------
-
-def tiny_bert():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=256,
-                                  max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.BertModel(cfg).eval()
-
+# -- tiny BERT -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("emb_method", ["lowrank", "projective"])
 def test_compress_tiny_bert(emb_method):
@@ -140,7 +103,7 @@ def test_compress_tiny_bert(emb_method):
     assert y.shape == y0.shape and torch.isfinite(y).all()
 
 
-# -- rules ---------------------------------------------------------------------------------------
+# -- rules ---------------------------------------------------------------------------------
 
 def test_parse_rule():
     assert parse_rule("*.word_embeddings=lowrank:4") == ("*.word_embeddings",
@@ -202,46 +165,3 @@ def test_bad_rules_name_the_problem():
     with pytest.raises(TypeError, match="rules"):
         compress(model, 3)
     assert isinstance(model.emb, nn.Embedding) and isinstance(model.head, nn.Linear)
-
-
-# -- command line ----------------------------------------------------------------------------
-
-def test_cli_compress(tmp_path, capsys):
-    model = Tiny()
-    src, dst, rep = tmp_path / "in.pt", tmp_path / "out.pt", tmp_path / "report.json"
-    torch.save(model, src)
-    code = main(["compress", str(src), str(dst), "--rule", "emb=lowrank:4:p=1.0",
-                 "--rule", "body.0=doped_kron:3:a_shape=6x4,b_shape=8x8",
-                 "--report-json", str(rep), "--threads", "1"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "[1/2] emb" in out and "[2/2] body.0" in out and "model:" in out
-    loaded = torch.load(dst, weights_only=False)
-    assert isinstance(loaded.emb, lt.LowRankEmbedding)
-    assert isinstance(loaded.body[0], lt.DopedKroneckerLinear)
-    data = json.loads(rep.read_text())
-    assert [r["name"] for r in data["layers"]] == ["emb", "body.0"]
-    assert data["model_params_after"] == n_params(loaded)
-    idx = torch.randint(0, 300, (2, 5))
-    assert loaded(idx).shape == (2, 10)
-
-
-def test_cli_errors(tmp_path, capsys):
-    src = tmp_path / "in.pt"
-    torch.save(Tiny().state_dict(), src)
-    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--rule", "emb=lowrank:2"]) == 2
-    assert "not a torch.nn.Module" in capsys.readouterr().err
-    torch.save(Tiny(), src)
-    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--rule", "emb"]) == 2
-    assert "--rule" in capsys.readouterr().err
-    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--rule", "zzz=lowrank:2"]) == 2
-    assert "matches no" in capsys.readouterr().err
-    assert not (tmp_path / "o.pt").exists()
-
-
-def test_cli_default_is_still_the_demo(monkeypatch):
-    import lpfast.__main__ as cli
-
-    called = []
-    monkeypatch.setattr(cli, "demo", lambda args: called.append(args.command) or 0)
-    assert cli.main([]) == 0 and called == ["demo"]

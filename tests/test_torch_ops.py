@@ -22,10 +22,9 @@ torch = pytest.importorskip("torch")
 import lpfast.torch as lt  # noqa: E402
 from lpfast.torch import doped_kp_matmul  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+from _torch_helpers import DTYPES, TOL  # noqa: E402
 
-DTYPES = [torch.float32, torch.float64]
-TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import lpfast  # noqa: E402
 from lpfast.torch import ProjectiveEmbedding  # noqa: E402
 from lpfast.torch.ops import projective_lookup  # noqa: E402
 
-DTYPES = [torch.float32, torch.float64]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+from _torch_helpers import DTYPES  # noqa: E402
+from _torch_helpers import TIGHT as TOL  # noqa: E402
 
 
 def table(n=50, j=5, k=3, d=37, dtype=torch.float64, seed=0):

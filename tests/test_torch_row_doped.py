@@ -1,19 +1,16 @@
-"""Row-doped torch layers, compress "auto" (the planner) and the ``plan`` command line.
+"""Row-doped torch layers: RowDopedEmbedding and RowDopedLinear.
 
 Layout:
-  layers          RowDopedEmbedding / RowDopedLinear against RowDoped.lookup / reconstruct,
-                  parameter counts, no dense table in a forward, gradients, padding_idx
+  layers          against RowDoped.lookup / reconstruct, parameter counts, no dense table
+                  in a forward, gradients, padding_idx
   state           state_dict round trips (same and other sizes), to_dict, to_row_doped
   fitting         from_embedding / from_linear through row_doped_fit
-  compress auto   tiny BERT word embeddings, Linear with bias, layer choice, weights options
-  command line    compress with an auto rule, plan (table, --ratios, json, .pt inputs, plot)
   bad input       every rejection names its argument
+
+compress "auto", which builds these layers, is in test_torch_compress_auto.py.
 """
 
 from __future__ import annotations
-
-import json
-import sys
 
 import numpy as np
 import pytest
@@ -23,27 +20,13 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import lpfast  # noqa: E402
-import lpfast.torch as lt  # noqa: E402
-from lpfast.__main__ import main  # noqa: E402
-from lpfast.torch import RowDopedEmbedding, RowDopedLinear, compress  # noqa: E402
-from lpfast.torch.compress import METHODS  # noqa: E402
+from lpfast.torch import RowDopedEmbedding, RowDopedLinear  # noqa: E402
 
-from test_torch_compress import Tiny, check_report_exact, tiny_bert  # noqa: E402
-from test_torch_layers import roundtrip_state_dict  # noqa: E402
+from _torch_helpers import DTYPES, NP, matrix, roundtrip_state_dict  # noqa: E402
+from _torch_helpers import TIGHT as TOL  # noqa: E402
 
-DTYPES = [torch.float32, torch.float64]
-NP = {torch.float32: np.float32, torch.float64: np.float64}
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 N, D = 120, 12
 FITS = {"svd": {}, "lp": {"p": 1.0}, "projective": {"n_subspaces": 3, "seed": 0, "n_init": 2}}
-
-
-def matrix(n=N, d=D, dtype=np.float64, seed=0):
-    """Rows near a 3-dim subspace plus a few far rows (so doping stores some)."""
-    rng = np.random.default_rng(seed)
-    E = rng.standard_normal((n, 3)) @ rng.standard_normal((3, d)) + 0.1 * rng.standard_normal((n, d))
-    E[rng.choice(n, 6, replace=False)] += 4 * rng.standard_normal((6, d))
-    return E.astype(dtype)
 
 
 _CACHE: dict = {}
@@ -65,7 +48,7 @@ def ids_with_exact(res, shape=(4, 9), seed=1) -> torch.Tensor:
     return ids
 
 
-# -- layers ----------------------------------------------------------------------------------
+# -- layers --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", list(FITS))
@@ -193,7 +176,7 @@ def test_gradients_reach_stored_values(method, pad):
     torch.testing.assert_close(lin.bias.grad, dy.sum(0))
 
 
-# -- state -----------------------------------------------------------------------------------
+# -- state ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", list(FITS))
@@ -255,7 +238,7 @@ def test_load_rejects_inconsistent_state():
     assert torch.equal(layer.exact_indices, torch.from_numpy(res.exact_indices))  # untouched
 
 
-# -- fitting ---------------------------------------------------------------------------------
+# -- fitting -------------------------------------------------------------------------------
 
 def test_from_embedding_and_from_linear():
     torch.manual_seed(0)
@@ -278,252 +261,7 @@ def test_from_embedding_and_from_linear():
     torch.testing.assert_close(rl(x), x @ torch.from_numpy(rl.fit_info.reconstruct()).T + lin.bias)
 
 
-# -- compress "auto" ---------------------------------------------------------------------------
-
-def zipf_counts(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.floor(1e5 / np.arange(1, n + 1) ** 1.1)[rng.permutation(n)]
-
-
-def test_auto_compresses_tiny_bert_word_embeddings():
-    model = tiny_bert()
-    originals = dict(model.named_modules())
-    ids = torch.randint(0, 1000, (2, 12))
-    counts = torch.from_numpy(zipf_counts(1000))
-    lines: list[str] = []
-    report = compress(model, {"embeddings.word_embeddings": {
-        "method": "auto", "ratio": 8, "counts": counts,
-        "candidates": "svd/lp:1/projective:2"}}, progress=lines.append)
-    row = report.layers[0]
-    plan = row.plan
-    assert isinstance(plan, lpfast.Plan) and plan.budget == 1000 * 64 // 8
-    assert [r["candidate"] for r in plan.rows if not r["doped"]] != []
-    new = model.embeddings.word_embeddings
-    best = plan.best
-    # Weighted by Zipf usage, doping wins here; the layer is the plan's best fit exactly.
-    assert best.n_exact > 0 and isinstance(new, RowDopedEmbedding)
-    assert new.padding_idx == 0 and new.n_params == best.n_params == row.stored_after
-    assert row.stored_after <= row.params_before / 8
-    assert row.params_after == new.n_values and row.indices_after == new.n_indices
-    np.testing.assert_array_equal(new.dense_weight().numpy(), best.reconstruct())
-    check_report_exact(report, model, originals)
-    w = lpfast.usage_weights(counts)
-    E = originals["embeddings.word_embeddings"].weight.detach().double().numpy()
-    err = np.sqrt((w * ((E - best.reconstruct()) ** 2).sum(1)).sum() / (w * (E**2).sum(1)).sum())
-    assert err == pytest.approx(plan.best_row["error"], rel=1e-4)
-    # progress: every candidate as it finishes, then the choice; the report prints the plan
-    assert sum("plan [" in line for line in lines) == len(plan.rows) == 6
-    assert any(line.strip().startswith("plan: best") for line in lines)
-    assert "compression plan for a 1000 x 64 matrix" in str(report)
-    data = json.loads(json.dumps(report.to_dict()))
-    assert data["layers"][0]["plan"]["rows"][0]["candidate"] == plan.best_row["candidate"]
-    assert "<Tensor (1000,)>" in lines[0]
-    with torch.no_grad():
-        y = model(ids).last_hidden_state
-    assert y.shape == (2, 12, 64) and torch.isfinite(y).all()
-
-
-def test_auto_linear_with_bias_and_layer_choice():
-    model = Tiny()
-    originals = dict(model.named_modules())
-    report = compress(model, {
-        "body.0": "auto:4:candidates=svd,doping=false",  # undoped low rank -> LowRankLinear
-        "emb": "auto:4:candidates=projective:2,doping=false,seed=1",  # -> ProjectiveEmbedding
-        "body.2": "auto:3:candidates=svd/lp:1.5,layer=row_doped,doping=false",
-    })
-    assert isinstance(model.body[0], lt.LowRankLinear)
-    assert isinstance(model.emb, lt.ProjectiveEmbedding)
-    assert isinstance(model.body[2], RowDopedLinear) and model.body[2].n_exact == 0
-    check_report_exact(report, model, originals)
-    rows = {r.name: r for r in report.layers}
-    for name, ratio in [("body.0", 4), ("emb", 4), ("body.2", 3)]:
-        r = rows[name]
-        assert r.stored_after <= r.params_before / ratio, name
-        assert r.stored_after == r.plan.best.n_params + (32 if name == "body.2" else
-                                                          48 if name == "body.0" else 0)
-        new = model.get_submodule(name)
-        np.testing.assert_allclose(new.dense_weight().numpy(), r.plan.best.reconstruct(),
-                                   rtol=1e-5, atol=1e-6)
-    # Linear(32, 48) with bias: weight budget floor(1584 / 4 - 48) = 348 (bias copied)
-    assert rows["body.0"].plan.budget == 348
-    assert torch.equal(model.body[0].bias, originals["body.0"].bias)
-    assert rows["emb"].indices_after == 300  # the labels
-    assert model(torch.randint(0, 300, (2, 5))).shape == (2, 10)
-
-
-def test_auto_weights_options(tmp_path):
-    counts = zipf_counts(300)
-    np.save(tmp_path / "c.npy", counts)
-    torch.save(torch.from_numpy(counts), tmp_path / "c.pt")
-    plans = []
-    for opt in [{"counts": str(tmp_path / "c.npy")}, {"counts": tmp_path / "c.pt"},
-                {"counts": counts.tolist()}, {"weights": lpfast.usage_weights(counts)}]:
-        model = Tiny()
-        rep = compress(model, {"emb": dict(method="auto", ratio=6, candidates=["svd"], **opt)})
-        plans.append(rep.layers[0].plan)
-    assert all(p.rows == plans[0].rows or _same_rows(p, plans[0]) for p in plans)
-    model = Tiny()
-    with pytest.raises(ValueError, match=r"\['counts'\].*shape \(300,\)"):
-        compress(model, {"emb": {"method": "auto", "ratio": 4, "counts": counts[:-1]}})
-    with pytest.raises(ValueError, match="no such file"):
-        compress(model, {"emb": {"method": "auto", "ratio": 4, "counts": "nope.npy"}})
-    with pytest.raises(ValueError, match="not both"):
-        compress(model, {"emb": {"method": "auto", "ratio": 4, "counts": counts, "weights": counts}})
-    with pytest.raises(ValueError, match="power"):
-        compress(model, {"emb": "auto:4:power=0.5"})
-    with pytest.raises(ValueError, match="counts"):
-        compress(model, {"emb": {"method": "auto", "ratio": 4, "counts": -counts}})
-    with pytest.raises(ValueError, match="unknown option"):
-        compress(model, {"emb": "auto:4:colour=red"})
-    with pytest.raises(ValueError, match="layer"):
-        compress(model, {"emb": "auto:4:layer=dense"})
-    with pytest.raises(ValueError, match="doping"):
-        compress(model, {"emb": "auto:4:doping=maybe"})
-    with pytest.raises(ValueError, match="ratio"):
-        compress(model, {"emb": "auto:5000"})
-    with pytest.raises(ValueError, match="candidates"):
-        compress(model, {"emb": "auto:4:candidates=magic"})
-    with pytest.raises(TypeError, match="auto"):
-        METHODS["auto"]("c", nn.Conv1d(2, 2, 1), {"method": "auto", "ratio": 2})
-    assert isinstance(model.emb, nn.Embedding)
-
-
-def _same_rows(a, b) -> bool:
-    keys = ("candidate", "rank", "n_exact", "n_params")
-    return [tuple(r[k] for k in keys) for r in a.rows] == [tuple(r[k] for k in keys) for r in b.rows] \
-        and np.allclose([r["error"] for r in a.rows], [r["error"] for r in b.rows], rtol=1e-6)
-
-
-# -- command line ----------------------------------------------------------------------------
-
-def test_cli_compress_auto(tmp_path, capsys):
-    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
-    torch.save(Tiny(), src)
-    np.save(tmp_path / "counts.npy", zipf_counts(300))
-    code = main(["compress", str(src), str(dst), "--threads", "1", "--rule",
-                 f"emb=auto:8:candidates=svd/lp:1,counts={tmp_path / 'counts.npy'}"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "[1/1] emb" in out and "plan [4/4] " in out and "plan: best" in out
-    assert "compression plan for a 300 x 32 matrix at ratio 8" in out
-    loaded = torch.load(dst, weights_only=False)
-    assert isinstance(loaded.emb, (RowDopedEmbedding, lt.LowRankEmbedding))
-    assert "_lpfast_plan" not in loaded.emb.__dict__  # the plan is reported, not saved
-    assert loaded(torch.randint(0, 300, (2, 5))).shape == (2, 10)
-
-
-def test_auto_sweep_and_cli_compress_plot(tmp_path, capsys):
-    model = Tiny()
-    report = compress(model, {"emb": "auto:4:candidates=svd/lp:1,sweep=2/8/4"})
-    row = report.layers[0]
-    assert [p.ratio for p in row.sweep] == [2, 4, 8] and row.sweep[1] is row.plan
-    assert [p["ratio"] for p in json.loads(json.dumps(row.to_dict()))["sweep"]] == [2, 4, 8]
-    with pytest.raises(ValueError, match="sweep"):
-        compress(Tiny(), {"emb": "auto:4:sweep=0.5"})
-
-    pytest.importorskip("matplotlib")
-    src, dst, png = tmp_path / "in.pt", tmp_path / "out.pt", tmp_path / "auto.png"
-    torch.save(Tiny(), src)
-    code = main(["compress", str(src), str(dst), "--quiet", "--plot", str(png),
-                 "--plot-ratios", "3,6", "--rule", "emb=auto:4:candidates=svd",
-                 "--rule", "body.2=auto:2:candidates=svd/lp:1.5"])
-    out = capsys.readouterr().out
-    assert code == 0
-    for name in ("emb", "body.2"):
-        path = tmp_path / f"auto-{name}.png"
-        assert f"plot: {path}" in out and path.read_bytes()[:4] == b"\x89PNG"
-    assert main(["compress", str(src), str(dst), "--plot", str(png), "--rule", "emb=lowrank:4"]) == 2
-    assert "no --rule uses auto" in capsys.readouterr().err
-
-
-def test_cli_plan_table_ratios_json(tmp_path, capsys):
-    E = matrix(200, 16, np.float32)
-    counts = zipf_counts(200)
-    np.save(tmp_path / "E.npy", E)
-    np.save(tmp_path / "c.npy", counts)
-    out_json = tmp_path / "plan.json"
-    code = main(["plan", str(tmp_path / "E.npy"), "--ratio", "8", "--ratios", "4,8",
-                 "--counts", str(tmp_path / "c.npy"), "--candidates", "svd,lp:1.5,projective:2",
-                 "--json", str(out_json)])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "200 x 16 float32; usage-weighted planning at ratio 4, 8" in out
-    assert "compression plan for a 200 x 16 matrix at ratio 4" in out
-    assert "compression plan for a 200 x 16 matrix at ratio 8" in out
-    assert "[6/6] " in out and "error by ratio" in out
-    data = json.loads(out_json.read_text())
-    assert [p["ratio"] for p in data] == [4, 8]
-    # same seed, same plan as the library call
-    want = lpfast.plan_compression(E, 8, weights=lpfast.usage_weights(counts), seed=0,
-                                   candidates=["svd", "lp:1.5", "projective:2"])
-    got = data[1]["rows"]
-    assert [r["candidate"] for r in got] == [r["candidate"] for r in want.rows]
-    assert [r["n_params"] for r in got] == [r["n_params"] for r in want.rows]
-    np.testing.assert_allclose([r["error"] for r in got], [r["error"] for r in want.rows], rtol=1e-6)
-    assert main(["plan", str(tmp_path / "E.npy"), "--ratio", "6", "--markdown", "--quiet",
-                 "--candidates", "svd", "--doping", "only"]) == 0
-    out = capsys.readouterr().out
-    assert "| 1 | svd+doped |" in out.replace("  ", " ") and "[1/1]" not in out
-
-
-def test_cli_plan_torch_inputs(tmp_path, capsys):
-    model = Tiny()
-    sd_path, model_path = tmp_path / "sd.pt", tmp_path / "model.pt"
-    torch.save(model.state_dict(), sd_path)
-    torch.save(model, model_path)
-    args = ["--ratio", "4", "--candidates", "svd", "--quiet"]
-    assert main(["plan", f"{sd_path}:emb", *args]) == 0  # ".weight" may be left out
-    assert "300 x 32" in capsys.readouterr().out
-    assert main(["plan", f"{sd_path}:body.2.weight", *args]) == 0
-    assert "32 x 48" in capsys.readouterr().out
-    assert main(["plan", str(sd_path), *args]) == 2  # several 2-d entries: name one
-    assert "name one" in capsys.readouterr().err
-    assert main(["plan", f"{sd_path}:nothing", *args]) == 2
-    assert "no entry 'nothing'" in capsys.readouterr().err
-    assert main(["plan", f"{model_path}:emb", *args]) == 2  # a pickled model needs consent
-    assert "--allow-pickle" in capsys.readouterr().err
-    assert main(["plan", f"{model_path}:emb", "--allow-pickle", *args]) == 0
-    torch.save(model.emb.weight.detach(), tmp_path / "t.pt")
-    assert main(["plan", str(tmp_path / "t.pt"), *args]) == 0
-
-
-def test_cli_plan_plot(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
-    np.save(tmp_path / "E.npy", matrix(150, 12))
-    png = tmp_path / "plot.png"
-    code = main(["plan", str(tmp_path / "E.npy"), "--ratios", "3,6", "--candidates", "svd,lp:1",
-                 "--plot", str(png), "--quiet"])
-    assert code == 0 and f"plot: {png}" in capsys.readouterr().out
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-
-
-def test_cli_plan_errors(tmp_path, capsys, monkeypatch):
-    np.save(tmp_path / "E.npy", matrix(100, 8))
-    np.save(tmp_path / "c.npy", zipf_counts(99))
-    E = str(tmp_path / "E.npy")
-    cases = [([E], "--ratio"), ([E, "--ratio", "1"], "> 1"), ([E, "--ratios", "4,x"], "--ratios"),
-             ([str(tmp_path / "none.npy"), "--ratio", "4"], "no such file"),
-             ([E, "--ratio", "4", "--counts", str(tmp_path / "c.npy")], "99 counts for 100 rows"),
-             ([E + ":x", "--ratio", "4"], "drop ':x'"),
-             ([E, "--ratio", "4", "--candidates", "magic"], "candidates"),
-             ([E, "--ratio", "1000"], "ratio")]
-    for argv, msg in cases:
-        assert main(["plan", *argv]) == 2, argv
-        assert msg in capsys.readouterr().err, argv
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    assert main(["plan", E, "--ratio", "4", "--plot", str(tmp_path / "p.png")]) == 2
-    err = capsys.readouterr().err
-    assert "--plot needs matplotlib" in err and "lpfast[plot]" in err
-    assert not (tmp_path / "p.png").exists()
-    src = tmp_path / "in.pt"
-    torch.save(Tiny(), src)
-    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--plot", str(tmp_path / "p.png"),
-                 "--rule", "emb=auto:4"]) == 2  # checked before any fitting
-    assert "--plot needs matplotlib" in capsys.readouterr().err
-    assert not (tmp_path / "o.pt").exists()
-
-
-# -- bad input -------------------------------------------------------------------------------
+# -- bad input -----------------------------------------------------------------------------
 
 def test_bad_input_names_argument():
     res = fitted("svd")

@@ -9,12 +9,15 @@ layers.
 from __future__ import annotations
 
 from . import _core
-from .kron import DopedKronecker, doped_kp_fit, doped_kp_matmul, nearest_kronecker
+from .kron import DopedKronecker, doped_kp_matmul
+from .kron_fit import doped_kp_fit, kron_factor_shapes, nearest_kronecker
 from .lewis import lewis_sample, lewis_weights
 from .planner import Plan, plan_compression
 from .projective import KSubspaces, k_subspaces
 from .row_doped import RowDoped, row_doped_fit
 from .usage import usage_weights
+from .calibrated import LowRankSparse, calibration_error, lowrank_fit, lowrank_sparse_fit
+from .calibrated_kron import doped_kp_fit_calibrated
 from .subspace import LpSubspace, lp_subspace, subspace_cost
 
 __version__ = "0.1.0"
@@ -28,6 +31,7 @@ __all__ = [
     "lewis_sample",
     "lewis_weights",
     "k_subspaces",
+    "kron_factor_shapes",
     "KSubspaces",
     "LpSubspace",
     "lp_subspace",
@@ -39,6 +43,11 @@ __all__ = [
     "set_num_threads",
     "subspace_cost",
     "usage_weights",
+    "LowRankSparse",
+    "calibration_error",
+    "doped_kp_fit_calibrated",
+    "lowrank_fit",
+    "lowrank_sparse_fit",
 ]
 
 

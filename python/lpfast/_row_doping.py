@@ -1,8 +1,9 @@
 """Shared machinery of row doping and the planner: parameter accounting, the per-kind
 fitters, the split search between rank and exact rows, and building the result.
 
-Internal: :mod:`lpfast.row_doped` and :mod:`lpfast.planner` share it; nothing here is public
-API, and arguments arrive validated except where a function's name says it validates.
+Internal, made for sharing: :mod:`lpfast.row_doped` and :mod:`lpfast.planner` import what
+it shares (the names without a leading underscore); nothing here is public API, and every
+argument arrives validated (``_validate``).
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _core
-from ._validate import as_float, as_float_array
+from . import _native
+from ._validate import default_eps
+from .row_doped_result import RowDoped, kind_of
 
 # -- parameter accounting --------------------------------------------------------------------
-
-def _kind(method: str) -> str:
-    return "projective" if method == "projective" else "lowrank"
-
 
 def n_params_formula(method: str, n: int, d: int, rank: int, n_exact: int,
                      n_subspaces: int = 1) -> int:
@@ -32,12 +30,12 @@ def n_params_formula(method: str, n: int, d: int, rank: int, n_exact: int,
     non-exact row, K bases of shape (d, j), exact rows and indices). Every index and label
     counts as one number, as every value does.
     """
-    if _kind(method) == "lowrank":
+    if kind_of(method) == "lowrank":
         return (n - n_exact) * rank + rank * d + n_exact * (d + 1)
     return (n - n_exact) * (rank + 1) + n_subspaces * d * rank + n_exact * (d + 1)
 
 
-def _max_rank(kind: str, n: int, d: int, budget: int, R: int, K: int) -> int:
+def max_rank(kind: str, n: int, d: int, budget: int, R: int, K: int) -> int:
     """Largest rank (k or j) with n_params <= budget at R exact rows (may be < 1)."""
     left = budget - R * (d + 1)
     if kind == "lowrank":
@@ -46,13 +44,13 @@ def _max_rank(kind: str, n: int, d: int, budget: int, R: int, K: int) -> int:
     return left // (n - R + K * d) if left >= 0 else -1
 
 
-def _rank_cap(kind: str, n: int, d: int, R: int, K: int) -> int:
+def rank_cap(kind: str, n: int, d: int, R: int, K: int) -> int:
     if kind == "lowrank":
         return min(d, n)
     return min(d - 1, n // K)
 
 
-def _max_exact(kind: str, n: int, d: int, budget: int, rank: int, K: int) -> int:
+def max_exact(kind: str, n: int, d: int, budget: int, rank: int, K: int) -> int:
     """Largest R with n_params <= budget at this rank (may be < 0)."""
     if kind == "lowrank":
         fixed, per_row = n * rank + rank * d, d + 1 - rank
@@ -64,13 +62,13 @@ def _max_exact(kind: str, n: int, d: int, budget: int, rank: int, K: int) -> int
     return n if per_row <= 0 else min(n, left // per_row)
 
 
-def _min_budget(kind: str, n: int, d: int, K: int) -> int:
+def min_budget(kind: str, n: int, d: int, K: int) -> int:
     return n_params_formula("projective" if kind == "projective" else "svd", n, d, 1, 0, K)
 
 
 # -- fitters: one per kind, over validated arrays ----------------------------------------------
 
-class _LowRankFitter:
+class LowRankFitter:
     """Fits and scores orthonormal bases V (d, k); state = V."""
 
     def __init__(self, E: np.ndarray, w: np.ndarray, method: str, p: float, max_iter: int,
@@ -81,7 +79,7 @@ class _LowRankFitter:
     def fit(self, rank: int, w_fit: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
         wx = np.ascontiguousarray(w_fit, dtype=self.E.dtype)
         if self.method == "svd":
-            return _core.weighted_pca(self.E, wx, rank)
+            return _native.weighted_pca(X=self.E, weights=wx, k=rank)
         from .subspace import lp_subspace
 
         if init is None:
@@ -95,11 +93,11 @@ class _LowRankFitter:
         return np.ascontiguousarray(V[:, :rank])
 
     def residuals(self, V: np.ndarray) -> tuple[np.ndarray, Any]:
-        dist = _core.subspace_distances(self.E, V).astype(np.float64)
+        dist = _native.subspace_distances(X=self.E, basis=V).astype(np.float64)
         return dist * dist, None
 
 
-class _ProjectiveFitter:
+class ProjectiveFitter:
     """Fits and scores k-subspace bases (K, d, j); state = bases."""
 
     def __init__(self, E: np.ndarray, w: np.ndarray, K: int, p: float, n_init: int,
@@ -107,9 +105,7 @@ class _ProjectiveFitter:
         self.E, self.w, self.K, self.p = E, w, K, p
         self.n_init, self.max_iter, self.tol, self.refit_iter = n_init, max_iter, tol, refit_iter
         self.seed = seed
-        from .projective import _default_eps
-
-        self.eps = _default_eps(E, w)  # k_subspaces' default for the full weights
+        self.eps = default_eps(E, w)  # k_subspaces' default for the full weights
 
     def fit(self, rank: int, w_fit: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
         from .projective import k_subspaces
@@ -121,22 +117,22 @@ class _ProjectiveFitter:
             return res.bases
         # A warm refit: the arguments are validated already; calling the kernel directly
         # skips k_subspaces' checks and its coefficients (residuals() assigns again).
-        bases = _core.k_subspaces_fit(self.E, np.ascontiguousarray(w_fit, dtype=np.float64),
-                                      self.K, rank, self.p, self.refit_iter, self.tol,
-                                      self.eps, 3, 0, 1, 0, np.ascontiguousarray(init),
-                                      False)[0]
-        return np.asarray(bases)
+        fit = _native.k_subspaces_fit(
+            X=self.E, weights=np.ascontiguousarray(w_fit, dtype=np.float64), n_subspaces=self.K,
+            dim=rank, p=self.p, max_iter=self.refit_iter, tol=self.tol, eps=self.eps,
+            irls_steps=3, seeding="dp", n_init=1, seed=0, init_bases=np.ascontiguousarray(init))
+        return np.asarray(fit.bases)
 
     @staticmethod
     def truncate(B: np.ndarray, rank: int) -> np.ndarray:
         return np.ascontiguousarray(B[:, :, :rank])
 
     def residuals(self, B: np.ndarray) -> tuple[np.ndarray, Any]:
-        labels, dist2, coef = _core.k_subspaces_assign(self.E, B)
+        labels, dist2, coef = _native.k_subspaces_assign(X=self.E, bases=B)
         return np.maximum(np.asarray(dist2, dtype=np.float64), 0.0), (labels, coef)
 
 
-class _SplitResult:
+class SplitResult:
     __slots__ = ("rank", "n_exact", "state", "exact", "aux", "r2", "error", "round_errors",
                  "seconds")
 
@@ -145,7 +141,7 @@ class _SplitResult:
         self.r2, self.error, self.round_errors, self.seconds = r2, error, round_errors, seconds
 
 
-def _top_rows(score: np.ndarray, R: int) -> np.ndarray:
+def top_rows(score: np.ndarray, R: int) -> np.ndarray:
     """Sorted indices of the R largest scores (ties to the lowest index)."""
     if R == 0:
         return np.empty(0, dtype=np.int64)
@@ -153,8 +149,8 @@ def _top_rows(score: np.ndarray, R: int) -> np.ndarray:
     return np.sort(order).astype(np.int64)
 
 
-def _rounds(fitter, w: np.ndarray, total: float, rank: int, R: int, state: np.ndarray,
-            n_rounds: int, heavy: np.ndarray | None = None) -> _SplitResult:
+def dope_rounds(fitter, w: np.ndarray, total: float, rank: int, R: int, state: np.ndarray,
+            n_rounds: int, heavy: np.ndarray | None = None) -> SplitResult:
     """Alternate: exact rows = top-R weighted residuals; refit without them. Keep the best.
 
     Round 0 scores ``state`` as given. The first refit leaves out those R rows *and* the R
@@ -164,19 +160,19 @@ def _rounds(fitter, w: np.ndarray, total: float, rank: int, R: int, state: np.nd
     shows its residual. Later refits leave out the current exact rows.
     """
     t0 = time.perf_counter()
-    best: _SplitResult | None = None
+    best: SplitResult | None = None
     prev = None
     errors = []
     for rnd in range(n_rounds + 1):
         r2, aux = fitter.residuals(state)
         score = w * r2
-        exact = _top_rows(score, R)
+        exact = top_rows(score, R)
         keep = np.ones(score.shape[0], dtype=bool)
         keep[exact] = False
         err = math.sqrt(max(float(score[keep].sum()), 0.0) / total) if total > 0 else 0.0
         errors.append(err)
         if best is None or err < best.error:
-            best = _SplitResult(rank, R, state, exact, aux, r2, err, errors, 0.0)
+            best = SplitResult(rank, R, state, exact, aux, r2, err, errors, 0.0)
         if R == 0 or rnd == n_rounds or (prev is not None and np.array_equal(prev, exact)):
             break
         prev = exact
@@ -193,62 +189,27 @@ def _rounds(fitter, w: np.ndarray, total: float, rank: int, R: int, state: np.nd
     return best
 
 
-def _splits(kind: str, n: int, d: int, budget: int, K: int,
+def splits_for(kind: str, n: int, d: int, budget: int, K: int,
             fractions: tuple[float, ...]) -> list[tuple[int, int]]:
     """(rank, n_exact) pairs: R from each budget fraction, the largest rank that fits, then
     (for R > 0) as many more exact rows as the rest of the budget pays for."""
     out: list[tuple[int, int]] = []
     for f in fractions:
         R = int(f * budget) // (d + 1)
-        rank = _max_rank(kind, n, d, budget, R, K)
-        rank = min(rank, _rank_cap(kind, n, d, R, K))
+        rank = max_rank(kind, n, d, budget, R, K)
+        rank = min(rank, rank_cap(kind, n, d, R, K))
         if rank < 1:
             continue
         if R > 0:
-            R = min(_max_exact(kind, n, d, budget, rank, K), n - 1)
+            R = min(max_exact(kind, n, d, budget, rank, K), n - 1)
         if R >= 0 and (rank, R) not in out:
             out.append((rank, R))
     return out
 
 
-# -- validation and the public fit -----------------------------------------------------------
+# -- the split search -------------------------------------------------------------------------
 
-def _as_matrix(E: Any) -> np.ndarray:
-    E = as_float_array(E, "E", ndim=2)  # own float dtype, else float64; tensors viewed
-    if E.shape[0] < 2 or E.shape[1] < 2:
-        msg = f"E: expected an (n, d) matrix with n, d >= 2, got shape {E.shape}"
-        raise ValueError(msg)
-    return E
-
-
-def _as_row_weights(weights: Any, n: int) -> np.ndarray:
-    if weights is None:
-        return np.ones(n)
-    if hasattr(weights, "detach") and hasattr(weights, "numpy"):
-        weights = weights.detach().cpu().numpy()
-    w = as_float_array(weights, "weights", np.dtype(np.float64), ndim=1)
-    if w.shape[0] != n:
-        msg = f"weights: expected shape ({n},) (one per row of E), got {w.shape}"
-        raise ValueError(msg)
-    if (w < 0).any() or not w.sum() > 0:
-        msg = "weights: must be non-negative with a positive sum"
-        raise ValueError(msg)
-    return w
-
-
-
-def _check_fractions(fractions: Any) -> tuple[float, ...]:
-    if isinstance(fractions, (str, bytes)) or not hasattr(fractions, "__iter__"):
-        msg = f"exact_fractions: expected a sequence of fractions in [0, 1], got {fractions!r}"
-        raise TypeError(msg)
-    fr = tuple(as_float(f, "exact_fractions", low=0.0, high=1.0) for f in fractions)
-    if not fr:
-        msg = "exact_fractions: expected at least one fraction"
-        raise ValueError(msg)
-    return fr
-
-
-class _Effort:
+class Effort:
     """Iteration settings of one fit: full (row_doped_fit defaults) or screening (planner)."""
 
     __slots__ = ("max_iter", "tol", "refit_iter", "n_init")
@@ -258,18 +219,18 @@ class _Effort:
         self.max_iter, self.tol, self.refit_iter, self.n_init = max_iter, tol, refit_iter, n_init
 
 
-def _make_fitter(E, w, method, p, K, effort: _Effort, seed):
+def make_fitter(E, w, method, p, K, effort: Effort, seed):
     if method == "projective":
-        return _ProjectiveFitter(E, w, K, p, effort.n_init, effort.max_iter, effort.tol,
+        return ProjectiveFitter(E, w, K, p, effort.n_init, effort.max_iter, effort.tol,
                                  effort.refit_iter, seed)
-    return _LowRankFitter(E, w, method, p, effort.max_iter, effort.tol, effort.refit_iter)
+    return LowRankFitter(E, w, method, p, effort.max_iter, effort.tol, effort.refit_iter)
 
 
-def _search(fitter, w: np.ndarray, heavy: np.ndarray, total: float,
+def search_splits(fitter, w: np.ndarray, heavy: np.ndarray, total: float,
             splits: list[tuple[int, int]], n_rounds: int,
-            report: Callable[[_SplitResult], Any] | None = None,
-            extend: Callable[[list[_SplitResult]], tuple[int, int] | None] | None = None,
-            ) -> list[_SplitResult]:
+            report: Callable[[SplitResult], Any] | None = None,
+            extend: Callable[[list[SplitResult]], tuple[int, int] | None] | None = None,
+            ) -> list[SplitResult]:
     """Fit once at the largest rank of ``splits``, then run ``n_rounds`` doping rounds per
     split, each starting from that fit truncated to the split's rank (leading columns).
     ``extend(results)`` may return one more split to try (None: done)."""
@@ -277,14 +238,14 @@ def _search(fitter, w: np.ndarray, heavy: np.ndarray, total: float,
     t0 = time.perf_counter()
     start = fitter.fit(top, w)
     fit_seconds = time.perf_counter() - t0
-    out: list[_SplitResult] = []
+    out: list[SplitResult] = []
     todo = list(splits)
     while todo:
         rank, R = todo.pop(0)
         state = start if rank == top else fitter.truncate(start, rank)
         if R == 0 and rank != top:
             state = fitter.fit(rank, w, init=state)
-        res = _rounds(fitter, w, total, rank, R, state, n_rounds, heavy)
+        res = dope_rounds(fitter, w, total, rank, R, state, n_rounds, heavy)
         if rank == top and R == 0:
             res.seconds += fit_seconds
         out.append(res)
@@ -299,17 +260,17 @@ def _search(fitter, w: np.ndarray, heavy: np.ndarray, total: float,
     return out
 
 
-def _extender(kind: str, n: int, d: int, budget: int, K: int, fractions: tuple[float, ...],
-              max_steps: int = 3) -> Callable[[list[_SplitResult]], tuple[int, int] | None]:
+def grid_extender(kind: str, n: int, d: int, budget: int, K: int, fractions: tuple[float, ...],
+              max_steps: int = 3) -> Callable[[list[SplitResult]], tuple[int, int] | None]:
     """Widen the split grid while its best doped split sits at an end: try halfway from the
     largest fraction to 1, or half the smallest; at most ``max_steps`` extra splits."""
     tried = {}  # (rank, R) -> fraction
     for f in fractions:
-        for split in _splits(kind, n, d, budget, K, (f,)):
+        for split in splits_for(kind, n, d, budget, K, (f,)):
             tried.setdefault(split, f)
     steps = [0]
 
-    def extend(results: list[_SplitResult]) -> tuple[int, int] | None:
+    def extend(results: list[SplitResult]) -> tuple[int, int] | None:
         doped = [r for r in results if r.n_exact > 0 and (r.rank, r.n_exact) in tried]
         if not doped or steps[0] >= max_steps:
             return None
@@ -322,7 +283,7 @@ def _extender(kind: str, n: int, d: int, budget: int, K: int, fractions: tuple[f
             f = fb / 2
         else:
             return None
-        new = [sp for sp in _splits(kind, n, d, budget, K, (f,)) if sp[1] > 0]
+        new = [sp for sp in splits_for(kind, n, d, budget, K, (f,)) if sp[1] > 0]
         if not new or new[0] in tried:
             return None
         tried[new[0]] = f
@@ -332,10 +293,8 @@ def _extender(kind: str, n: int, d: int, budget: int, K: int, fractions: tuple[f
     return extend
 
 
-def _build(E: np.ndarray, w: np.ndarray, method: str, p: float, K: int, res: _SplitResult,
+def build_result(E: np.ndarray, w: np.ndarray, method: str, p: float, K: int, res: SplitResult,
            budget: int | None, history: list[dict[str, Any]]) -> Any:
-    from .row_doped import RowDoped  # the result class sits above this module
-
     n, d = E.shape
     exact = res.exact
     keep = np.ones(n, dtype=bool)
@@ -355,7 +314,7 @@ def _build(E: np.ndarray, w: np.ndarray, method: str, p: float, K: int, res: _Sp
                     Vt=np.ascontiguousarray(V.T), **common)
 
 
-def _history(method, n, d, K, results: list[_SplitResult]) -> list[dict[str, Any]]:
+def split_history(method, n, d, K, results: list[SplitResult]) -> list[dict[str, Any]]:
     return [{"rank": r.rank, "n_exact": r.n_exact,
              "n_params": n_params_formula(method, n, d, r.rank, r.n_exact, K),
              "error": r.error, "round_errors": list(r.round_errors), "seconds": r.seconds}

@@ -1,7 +1,8 @@
 """Doped Kronecker products: W = sum_r kron(A[r], B[r]) + S with S sparse (arXiv 2102.07071).
 
 ``doped_kp_matmul`` and :class:`DopedKronecker` compute ``x @ W.T + bias`` without forming
-W; ``nearest_kronecker`` and ``doped_kp_fit`` fit such a W to a dense matrix.
+W. Fitting such a W to a dense matrix (``nearest_kronecker``, ``doped_kp_fit``,
+``kron_factor_shapes``) lives in :mod:`lpfast.kron_fit`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _native
 from ._validate import (
     as_csr,
-    as_float,
     as_float_array,
-    as_int,
-    as_shape2,
+    as_out,
     common_float_dtype,
+    doped_matmul_shapes,
 )
 
-__all__ = ["DopedKronecker", "doped_kp_fit", "doped_kp_matmul", "nearest_kronecker"]
+__all__ = ["DopedKronecker", "doped_kp_matmul"]
 
 
 def _csr_data(S: Any) -> Any:
@@ -36,28 +36,16 @@ def _csr_data(S: Any) -> Any:
     return getattr(S, "data", None)
 
 
-def _factors(A: Any, B: Any, dtype: np.dtype, check_finite: bool) -> tuple[np.ndarray, np.ndarray]:
+def _operands(A: Any, B: Any, bias: Any, dtype: np.dtype, check_finite: bool):
+    """A (R, m1, n1), B (R, m2, n2) and bias (m,) or None as arrays of ``dtype``; (m, n)."""
     A = as_float_array(A, "A", dtype, ndim=(2, 3), check_finite=check_finite)
     B = as_float_array(B, "B", dtype, ndim=(2, 3), check_finite=check_finite)
     A = A[None] if A.ndim == 2 else A
     B = B[None] if B.ndim == 2 else B
-    if A.shape[0] != B.shape[0]:
-        msg = f"A and B: Kronecker ranks differ, A has {A.shape[0]} factors and B has {B.shape[0]}"
-        raise ValueError(msg)
-    if A.shape[0] < 1:
-        msg = "A, B: need at least one Kronecker factor (rank >= 1)"
-        raise ValueError(msg)
-    return A, B
-
-
-def _bias(bias: Any, m: int, dtype: np.dtype, check_finite: bool) -> np.ndarray | None:
-    if bias is None:
-        return None
-    bias = as_float_array(bias, "bias", dtype, ndim=1, check_finite=check_finite)
-    if bias.shape[0] != m:
-        msg = f"bias: expected shape ({m},), got {bias.shape}"
-        raise ValueError(msg)
-    return bias
+    if bias is not None:
+        bias = as_float_array(bias, "bias", dtype, ndim=1, check_finite=check_finite)
+    m, n = doped_matmul_shapes(A.shape, B.shape, bias_shape=None if bias is None else bias.shape)
+    return A, B, bias, m, n
 
 
 # CSR indices narrow to int32 below this many columns and entries.
@@ -79,7 +67,7 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
     if hasattr(x, "detach") and hasattr(x, "numpy"):
         x = x.detach().numpy()
     x = np.asarray(x)
-    if x.ndim == 0 or x.shape[-1] != n:
+    if x.ndim == 0 or x.shape[-1] != n:  # the shape first: its message names the width
         msg = f"x: expected shape (..., {n}), got {x.shape}"
         raise ValueError(msg)
     if x.dtype != dtype and x.dtype.kind == "f":
@@ -88,24 +76,6 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
     x = as_float_array(x, "x", dtype, check_finite=False)
     lead = x.shape[:-1]
     return x.reshape(math.prod(lead), n), lead
-
-
-def _output(out: Any, lead: tuple, m: int, dtype: np.dtype, x: np.ndarray) -> np.ndarray:
-    if out is None:
-        return np.empty((*lead, m), dtype=dtype)
-    if not isinstance(out, np.ndarray) or out.dtype != dtype or not out.flags.c_contiguous:
-        msg = f"out: expected a C-contiguous numpy array of dtype {dtype}"
-        raise TypeError(msg)
-    if out.shape != (*lead, m):
-        msg = f"out: expected shape {(*lead, m)}, got {out.shape}"
-        raise ValueError(msg)
-    if not out.flags.writeable:
-        msg = "out: array is read-only"
-        raise ValueError(msg)
-    if np.may_share_memory(out, x):  # the kernels read x while they write out
-        msg = "out: must not overlap x"
-        raise ValueError(msg)
-    return out
 
 
 class DopedKronecker:
@@ -137,9 +107,7 @@ class DopedKronecker:
 
     def __init__(self, A: Any, B: Any, S: Any = None, bias: Any = None, *, check_finite: bool = True):
         dtype = common_float_dtype({"A": A, "B": B, "S.data": _csr_data(S), "bias": bias})
-        A, B = _factors(A, B, dtype, check_finite)
-        m, n = A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
-        bias = _bias(bias, m, dtype, check_finite)
+        A, B, bias, m, n = _operands(A, B, bias, dtype, check_finite)
         csr = None
         if S is not None:
             indptr, indices, data = as_csr(S, "S", (m, n), dtype, check_finite=check_finite)
@@ -157,12 +125,12 @@ class DopedKronecker:
         self._sell = self._serve = None
         if self._S is not None:
             Bt = np.ascontiguousarray(self.B.transpose(0, 2, 1))
-            self._sell = (Bt, *_core.sell_layout(*self._S, n))
+            self._sell = (Bt, *_native.sell_layout(*self._S, cols=n))
         for a in (self.A, self.B, self.bias, *(self._S or ()), *(self._sell or ())):
             if a is not None:
                 a.flags.writeable = False
         if self._sell is not None:  # checked once; a call then passes only x and out
-            self._serve = _core.sell_kernel(self.A, *self._sell, self.bias)
+            self._serve = _native.sell_kernel(self.A, *self._sell, bias=self.bias)
         self._shape = (m, n)
         self.dtype = dtype
         self.check_finite = check_finite
@@ -253,13 +221,14 @@ class DopedKronecker:
         """
         m, n = self._shape
         rows, lead = _batch_rows(x, n, self.dtype)
-        y = _output(out, lead, m, self.dtype, rows)
+        y = as_out(out, (*lead, m), self.dtype, rows)
         if self._serve is not None and rows.shape[0] == 1:
             self._serve(rows, y.reshape(1, m), self.check_finite)
             return y
         indptr, indices, data = self._S if self._S is not None else (None, None, None)
-        _core.doped_kron_matmul(rows, self.A, self.B, indptr, indices, data, self.bias,
-                                y.reshape(rows.shape[0], m), self.check_finite)
+        _native.doped_kron_matmul(x=rows, A=self.A, B=self.B, indptr=indptr, indices=indices,
+                                  data=data, bias=self.bias, out=y.reshape(rows.shape[0], m),
+                                  check_finite=self.check_finite)
         return y
 
     matmul = __call__
@@ -329,161 +298,22 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     once instead. Cost as in ``DopedKronecker.__call__``.
     """
     dtype = common_float_dtype({"x": x, "A": A, "B": B, "S.data": _csr_data(S), "bias": bias})
-    A, B = _factors(A, B, dtype, check_finite)
-    m, n = A.shape[1] * B.shape[1], A.shape[2] * B.shape[2]
-    bias = _bias(bias, m, dtype, check_finite)
+    A, B, bias, m, n = _operands(A, B, bias, dtype, check_finite)
     rows, lead = _batch_rows(x, n, dtype)
-    csr = (None, None, None) if S is None else as_csr(S, "S", (m, n), dtype, check_finite=check_finite)
-    y = _output(out, lead, m, dtype, rows)
-    _core.doped_kron_matmul(rows, A, B, *csr, bias, y.reshape(rows.shape[0], m), check_finite)
+    indptr, indices, data = (None, None, None) if S is None else as_csr(
+        S, "S", (m, n), dtype, check_finite=check_finite)
+    y = as_out(out, (*lead, m), dtype, rows)
+    _native.doped_kron_matmul(x=rows, A=A, B=B, indptr=indptr, indices=indices, data=data,
+                              bias=bias, out=y.reshape(rows.shape[0], m), check_finite=check_finite)
     return y
 
 
-# -- fitting --------------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # The fitting functions were defined here first (lpfast.kron.doped_kp_fit); they live in
+    # kron_fit.py now, which imports this module, so they are looked up on first use.
+    if name in ("doped_kp_fit", "nearest_kronecker", "kron_factor_shapes"):
+        from . import kron_fit
 
-def _check_factor_shapes(W: np.ndarray, a_shape: Any, b_shape: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    (m1, n1), (m2, n2) = as_shape2(a_shape, "a_shape"), as_shape2(b_shape, "b_shape")
-    if (m1 * m2, n1 * n2) != W.shape:
-        msg = (f"a_shape={a_shape} and b_shape={b_shape} do not factor W's shape {W.shape}: "
-               f"need (m1*m2, n1*n2) = {W.shape}")
-        raise ValueError(msg)
-    return (m1, n1), (m2, n2)
-
-
-def _rearrange(W: np.ndarray, a_shape: tuple[int, int], b_shape: tuple[int, int]) -> np.ndarray:
-    """Van Loan's R(W), (m1*n1, m2*n2): ||W - kron(A, B)||_F = ||R(W) - vec(A) vec(B)^T||_F."""
-    (m1, n1), (m2, n2) = a_shape, b_shape
-    return W.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
-
-
-def _top_singular(R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k singular triples of R, signs fixed so each u's largest-|.| entry is positive."""
-    small = min(R.shape)
-    if small <= 256 or k >= small // 4:
-        U, s, Vt = np.linalg.svd(R, full_matrices=False)
-        U, s, Vt = U[:, :k], s[:k], Vt[:k]
-    else:
-        from scipy.sparse.linalg import svds
-
-        v0 = np.ones(small, dtype=R.dtype) / np.sqrt(small)  # deterministic start
-        U, s, Vt = svds(R, k=k, v0=v0)
-        order = np.argsort(s)[::-1]
-        U, s, Vt = U[:, order], s[order], Vt[order]
-    flip = np.sign(U[np.argmax(np.abs(U), axis=0), np.arange(U.shape[1])])
-    flip[flip == 0] = 1
-    return U * flip, s, Vt * flip[:, None]
-
-
-def _kron_factors(W: np.ndarray, a_shape, b_shape, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    U, s, Vt = _top_singular(_rearrange(W, a_shape, b_shape), rank)
-    root = np.sqrt(s).astype(W.dtype)
-    A = (U * root).T.reshape(rank, *a_shape)
-    B = (Vt * root[:, None]).reshape(rank, *b_shape)
-    return np.ascontiguousarray(A), np.ascontiguousarray(B)
-
-
-def _kron_dense(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return sum(np.kron(a, b) for a, b in zip(A, B))
-
-
-def _largest_entries(R: np.ndarray, nnz: int) -> np.ndarray:
-    """Sorted flat positions of the nnz entries of R with the largest magnitude."""
-    flat = R.ravel()
-    if nnz >= flat.size:
-        return np.arange(flat.size)
-    if nnz == 0:
-        return np.zeros(0, dtype=np.intp)
-    return np.sort(np.argpartition(np.abs(flat), flat.size - nnz)[flat.size - nnz:])
-
-
-def _csr_from_positions(positions: np.ndarray, values: np.ndarray, shape: tuple[int, int]):
-    """(indptr, indices, data) of the matrix holding ``values`` at sorted flat ``positions``."""
-    rows, cols = np.divmod(positions, shape[1])
-    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
-    return indptr, cols.astype(np.int64), values
-
-
-def nearest_kronecker(W: Any, a_shape: Any, b_shape: Any, rank: int = 1) -> DopedKronecker:
-    """The best sum of ``rank`` Kronecker products in Frobenius norm (Van Loan–Pitsianis).
-
-    Parameters
-    ----------
-    W : array_like, shape (m1*m2, n1*n2), float32 or float64
-    a_shape, b_shape : (m1, n1), (m2, n2)
-    rank : int, 1 <= rank <= min(m1*n1, m2*n2)
-
-    Returns
-    -------
-    DopedKronecker without doping, A of shape (rank, m1, n1), B of shape (rank, m2, n2).
-
-    The factors are the top singular triples of the rearranged W (m1*n1 x m2*n2), split
-    as sqrt(sigma) u and sqrt(sigma) v, signs fixed so u's largest entry is positive.
-    Cost: a truncated SVD of an (m1*n1, m2*n2) matrix.
-    """
-    W = as_float_array(W, "W", ndim=2)
-    a_shape, b_shape = _check_factor_shapes(W, a_shape, b_shape)
-    rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
-    A, B = _kron_factors(W, a_shape, b_shape, rank)
-    return DopedKronecker(A, B)
-
-
-def doped_kp_fit(W: Any, a_shape: Any, b_shape: Any, density: float, rank: int = 1,
-                 n_iter: int = 10, *, tol: float = 1e-6) -> DopedKronecker:
-    """Fit ``W ≈ sum_r kron(A[r], B[r]) + S`` with S holding ``density * W.size`` entries.
-
-    Alternates the two exact partial minimizations: the Kronecker part is the nearest
-    Kronecker sum of ``W - S`` (Van Loan–Pitsianis), then S keeps the largest-magnitude
-    entries of ``W - KP``. Each step cannot raise the error, the start is nearest_kronecker
-    plus top-|residual| doping, and the best iterate is returned: its relative Frobenius
-    error never exceeds that baseline.
-
-    Parameters
-    ----------
-    W : array_like, shape (m1*m2, n1*n2), float32 or float64
-    a_shape, b_shape : (m1, n1), (m2, n2)
-    density : float in [0, 1], fraction of W's entries stored in S
-    rank : int, Kronecker rank R
-    n_iter : int >= 0, alternation rounds after the baseline
-    tol : float, stop when the relative error improves by less than this
-
-    Returns
-    -------
-    DopedKronecker with ``fit_info = {"relative_error": [...per round...], "n_iter": k}``.
-
-    Cost per round: one truncated SVD of (m1*n1, m2*n2) plus O(m*n) for the residual.
-    """
-    W = as_float_array(W, "W", ndim=2)
-    a_shape, b_shape = _check_factor_shapes(W, a_shape, b_shape)
-    density = as_float(density, "density", low=0.0, high=1.0)
-    rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
-    n_iter = as_int(n_iter, "n_iter", low=0)
-    tol = as_float(tol, "tol", low=0.0)
-    nnz = int(round(density * W.size))
-    norm = float(np.linalg.norm(W)) or 1.0
-
-    def doping_for(A, B):
-        """The optimal S for this Kronecker part, as (flat positions, values), and its error."""
-        resid = W - _kron_dense(A, B)
-        positions = _largest_entries(resid, nnz)
-        values = resid.ravel()[positions].copy()
-        resid.ravel()[positions] = 0
-        return (positions, values), float(np.linalg.norm(resid)) / norm
-
-    A, B = _kron_factors(W, a_shape, b_shape, rank)
-    S, err = doping_for(A, B)
-    best, history = (A, B, S), [err]
-    for _ in range(n_iter):
-        S_dense = np.zeros_like(W)
-        S_dense.ravel()[S[0]] = S[1]
-        A, B = _kron_factors(W - S_dense, a_shape, b_shape, rank)
-        S, new_err = doping_for(A, B)
-        history.append(new_err)
-        if new_err < min(history[:-1]):
-            best = (A, B, S)
-        if history[-2] - new_err <= tol:
-            break
-    S = _csr_from_positions(*best[2], W.shape) if nnz else None
-    op = DopedKronecker(best[0], best[1], S)
-    op.fit_info = {"relative_error": history, "n_iter": len(history) - 1}
-    return op
+        return getattr(kron_fit, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -12,15 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._validate import as_float, as_float_array, as_int
+from . import _native
+from ._validate import as_choice, as_float, as_generator, as_int, as_matrix, check_seed, seed_int
 
 __all__ = ["lewis_sample", "lewis_weights"]
 
 _METHODS = ("exact", "sketch")
 
 
-def _check_p(p: Any) -> float:
+def _as_p(p: Any) -> float:
+    """p in [1, 4): the Cohen-Peng iteration's range (one rule, both public functions)."""
     p = as_float(p, "p")
     if not 1.0 <= p < 4.0:
         msg = f"p: expected 1 <= p < 4 (the Lewis iteration converges for p < 4), got {p}"
@@ -28,35 +29,12 @@ def _check_p(p: Any) -> float:
     return p
 
 
-def _check_X(X: Any, check_finite: bool) -> np.ndarray:
-    X = as_float_array(X, "X", ndim=2, check_finite=check_finite)
-    if X.shape[0] < 1 or X.shape[1] < 1:
-        msg = f"X: expected a non-empty (n, d) array with n, d >= 1, got shape {X.shape}"
-        raise ValueError(msg)
-    return X
-
-
-def _check_method(method: Any) -> str:
-    if not isinstance(method, str) or method not in _METHODS:
-        msg = f"method: expected one of {_METHODS}, got {method!r}"
-        raise ValueError(msg)
-    return method
-
-
-def _seed_int(seed: Any, name: str = "seed") -> int:
-    """A 63-bit integer seed for the C++ sketch, drawn from NumPy's Generator(seed)."""
-    if seed is not None and not isinstance(seed, (int, np.integer, np.random.Generator,
-                                                  np.random.SeedSequence)):
-        msg = f"{name}: expected None, an int, a SeedSequence or a numpy Generator, got {seed!r}"
-        raise TypeError(msg)
-    return int(np.random.default_rng(seed).integers(0, 2**63 - 1))
-
-
 def _lewis(X: np.ndarray, p: float, tol: float, max_iter: int, method: str, seed: Any) -> np.ndarray:
     """Validated arguments in, weights (X.dtype) out; warns if the iteration did not converge."""
     sketch = method == "sketch"
     w = np.empty(X.shape[0], dtype=X.dtype)
-    info = _core.lewis_weights(X, p, tol, max_iter, sketch, _seed_int(seed) if sketch else 0, w)
+    info = _native.lewis_weights(X=X, p=p, tol=tol, max_iter=max_iter, sketch=sketch,
+                                 seed=seed_int(seed) if sketch else 0, out=w)
     if not info["converged"]:
         msg = (f"lewis_weights: no convergence in max_iter={max_iter} iterations "
                f"(last relative change {info['max_change']:.3g} > tol={tol:g})")
@@ -123,12 +101,12 @@ def lewis_weights(X: Any, p: float = 1.0, *, tol: float = 1e-8, max_iter: int = 
     ----------
     M. B. Cohen, R. Peng, "lp Row Sampling by Lewis Weights", STOC 2015.
     """
-    X = _check_X(X, check_finite)
-    p = _check_p(p)
+    X = as_matrix(X, "X", check_finite=check_finite)
+    p = _as_p(p)
     tol = as_float(tol, "tol", low=0.0)
     max_iter = as_int(max_iter, "max_iter", low=1)
-    method = _check_method(method)
-    return _lewis(X, p, tol, max_iter, method, seed)
+    method = as_choice(method, "method", _METHODS, type_error=False)
+    return _lewis(X, p, tol, max_iter, method, check_seed(seed))
 
 
 def _sampling_probabilities(lw: np.ndarray, uniform: float) -> np.ndarray:
@@ -178,18 +156,14 @@ def lewis_sample(X: Any, m: int, p: float = 1.0, *, seed: Any = None, uniform: f
         ``count_j / (m * q_{indices_j})``: each draw of row i weighs ``1 / (m q_i)`` and
         duplicates are merged by summing.
     """
-    X = _check_X(X, check_finite)
+    X = as_matrix(X, "X", check_finite=check_finite)
     m = as_int(m, "m", low=1)
-    p = _check_p(p)
+    p = _as_p(p)
     uniform = as_float(uniform, "uniform", low=0.0, high=1.0)
     tol = as_float(tol, "tol", low=0.0)
     max_iter = as_int(max_iter, "max_iter", low=1)
-    method = _check_method(method)
-    if seed is not None and not isinstance(seed, (int, np.integer, np.random.Generator,
-                                                  np.random.SeedSequence)):
-        msg = f"seed: expected None, an int, a SeedSequence or a numpy Generator, got {seed!r}"
-        raise TypeError(msg)
-    rng = np.random.default_rng(seed)
+    method = as_choice(method, "method", _METHODS, type_error=False)
+    rng = as_generator(seed)
     lw = _lewis(X, p, tol, max_iter, method, rng if method == "sketch" else None)
     q = _sampling_probabilities(lw, uniform)
     draws = rng.choice(X.shape[0], size=m, replace=True, p=q)

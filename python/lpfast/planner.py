@@ -11,33 +11,28 @@ returns a ranked table with the best fitted :class:`lpfast.RowDoped`.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
 
-from ._validate import as_float, as_int
-from ._row_doping import (_as_matrix, _as_row_weights, _build, _check_fractions,
-                          _Effort, _extender, _history, _kind, _make_fitter, _max_rank,
-                          _min_budget,
-                          _rank_cap, _rounds, _search, _splits, n_params_formula)
-from .row_doped import RowDoped
+from ._row_doping import (Effort, SplitResult, build_result, dope_rounds, grid_extender,
+                          make_fitter, max_rank, min_budget, n_params_formula, rank_cap,
+                          search_splits, split_history, splits_for)
+from ._validate import (as_callable, as_float, as_fractions, as_int, as_matrix, as_ratio,
+                        as_row_weights, as_seed_sequence)
+from .plan_result import Plan
+from .row_doped_result import kind_of
 
 __all__ = ["Plan", "plan_compression"]
 
 #: Budget fractions spent on exact rows tried for each doped candidate.
 DEFAULT_DOPED_FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
 #: Screening effort: enough to rank candidates; the winner is refit with the full effort.
-SCREEN = _Effort(max_iter=10, tol=1e-4, refit_iter=3, n_init=2)
+SCREEN = Effort(max_iter=10, tol=1e-4, refit_iter=3, n_init=2)
 #: The winner's refit: one warm-started fit of at most ``refit_iter`` steps to tol 1e-6.
-REFIT = _Effort(max_iter=20, tol=1e-6, refit_iter=20, n_init=1)
-
-_COLUMNS = (("#", "place", "{:d}"), ("candidate", "candidate", "{}"), ("dim", "rank", "{:d}"),
-            ("exact rows", "n_exact", "{:d}"), ("params", "n_params", "{:d}"),
-            ("ratio", "ratio", "{:.2f}"), ("error", "error", "{:.5g}"),
-            ("lp cost", "lp_cost", "{:.5g}"), ("time [s]", "seconds", "{:.2f}"))
+REFIT = Effort(max_iter=20, tol=1e-6, refit_iter=20, n_init=1)
 
 
 def _parse_candidate(spec: Any) -> dict[str, Any]:
@@ -98,105 +93,6 @@ def _name(c: dict[str, Any], doped: bool) -> str:
     else:
         base = f"proj(k={c['n_subspaces']}" + (f", p={c['p']:g})" if c["p"] != 2.0 else ")")
     return base + ("+doped" if doped else "")
-
-
-def _seed_sequence(seed: Any) -> np.random.SeedSequence:
-    if seed is None:
-        return np.random.SeedSequence()
-    if isinstance(seed, np.random.SeedSequence):
-        return seed
-    if isinstance(seed, np.random.Generator):
-        return np.random.SeedSequence(int(seed.integers(0, 2**63 - 1)))
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        msg = (f"seed: expected None, a non-negative integer, a SeedSequence or a Generator, "
-               f"got {seed!r}")
-        raise TypeError(msg)
-    if seed < 0:
-        msg = f"seed: expected a non-negative integer, got {seed}"
-        raise ValueError(msg)
-    return np.random.SeedSequence(int(seed))
-
-
-class Plan:
-    """Result of :func:`plan_compression`.
-
-    Attributes
-    ----------
-    rows : list of dict
-        One per (candidate, doping) fitted, best first (by ``error``, ties in candidate
-        order). Keys: ``place`` (1 = best), ``candidate`` (name, e.g. ``"lp(p=1)+doped"``),
-        ``method``, ``p``, ``n_subspaces``, ``doped``, ``rank`` (k, or j for projective),
-        ``n_exact``, ``n_params`` (exact count, <= ``budget``), ``ratio`` (``n*d /
-        n_params``), ``error`` (weighted relative reconstruction error), ``lp_cost``
-        (``sum_i w_i ||e_i - ê_i||^p`` at the candidate's p), ``seconds`` (fit time,
-        screening plus, for the winner, the refit), ``splits`` (list of dicts ``rank``,
-        ``n_exact``, ``n_params``, ``error`` for every split tried), ``refit`` (winner
-        only: whether the full-effort refit improved the screening fit).
-    best : RowDoped
-        The winner's fitted object (``best.to_dict()`` feeds a torch layer).
-    best_row : dict
-        ``rows[0]``.
-    skipped : list of dict
-        Candidates that did not fit the budget: ``candidate``, ``reason``.
-    budget : int
-        ``floor(n * d / ratio)``.
-    ratio : float
-    shape : tuple (n, d)
-    seconds : float
-        Wall time of the whole plan.
-    """
-
-    __slots__ = ("rows", "best", "skipped", "budget", "ratio", "shape", "seconds")
-
-    def __init__(self, rows: list[dict[str, Any]], best: RowDoped, skipped: list[dict[str, Any]],
-                 budget: int, ratio: float, shape: tuple[int, int], seconds: float):
-        self.rows, self.best, self.skipped = rows, best, skipped
-        self.budget, self.ratio, self.shape, self.seconds = budget, ratio, shape, seconds
-
-    @property
-    def best_row(self) -> dict[str, Any]:
-        return self.rows[0]
-
-    def _cells(self) -> tuple[list[str], list[list[str]]]:
-        head = [h for h, _, _ in _COLUMNS]
-        body = [[fmt.format(r[key]) for _, key, fmt in _COLUMNS] for r in self.rows]
-        return head, body
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plan as JSON-ready plain values (ratio, budget, shape, seconds, rows, skipped);
-        the fitted ``best`` object is left out (``best.to_dict()`` holds its arrays)."""
-        return {"ratio": self.ratio, "budget": self.budget, "shape": list(self.shape),
-                "seconds": self.seconds, "rows": _plain(self.rows),
-                "skipped": _plain(self.skipped)}
-
-    def to_markdown(self) -> str:
-        """The ranked table as GitHub markdown."""
-        head, body = self._cells()
-        lines = ["| " + " | ".join(head) + " |",
-                 "|" + "|".join("---:" if i != 1 else ":---" for i in range(len(head))) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        head, body = self._cells()
-        widths = [max(len(c) for c in col) for col in zip(head, *body)]
-        just = [str.ljust if i == 1 else str.rjust for i in range(len(head))]
-
-        def line(cells):
-            return "  ".join(j(c, wd) for j, c, wd in zip(just, cells, widths))
-
-        n, d = self.shape
-        out = [f"compression plan for a {n} x {d} matrix at ratio {self.ratio:g} "
-               f"(budget {self.budget} parameters), {self.seconds:.1f} s",
-               line(head), line(["-" * wd for wd in widths])]
-        out += [line(row) for row in body]
-        out += [f"skipped {s['candidate']}: {s['reason']}" for s in self.skipped]
-        return "\n".join(out)
-
-    def __repr__(self) -> str:
-        b = self.best_row
-        return (f"Plan(shape={self.shape}, ratio={self.ratio:g}, budget={self.budget}, "
-                f"best={b['candidate']!r}, error={b['error']:.6g}, rows={len(self.rows)})")
 
 
 def _row(c, doped, res, E_shape, w, K, history):
@@ -289,14 +185,53 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
     bench/bench_planner.py for the time per candidate.
     """
     t_start = time.perf_counter()
-    E = _as_matrix(E)
+    E = as_matrix(E, "E", min_rows=2, min_cols=2)  # own float dtype, else float64
     n, d = E.shape
-    ratio = as_float(ratio, "ratio")
-    if not ratio > 1:
-        msg = f"ratio: expected a compression ratio > 1, got {ratio}"
-        raise ValueError(msg)
+    ratio = as_ratio(ratio)
     budget = int(math.floor(n * d / ratio))
-    w = _as_row_weights(weights, n)
+    w = as_row_weights(weights, n, rows="E", ones=True)
+    cands = _candidates(candidates, p_values, k_values)
+    flags = tuple(doping)
+    if not flags or any(not isinstance(f, (bool, np.bool_)) for f in flags):
+        msg = f"doping: expected a non-empty sequence of bools, got {doping!r}"
+        raise ValueError(msg)
+    fractions = tuple(f for f in as_fractions(exact_fractions, "exact_fractions") if f > 0)
+    if True in flags and not fractions:
+        msg = "exact_fractions: doping needs at least one fraction > 0"
+        raise ValueError(msg)
+    n_rounds = as_int(n_rounds, "n_rounds", low=0)
+    as_callable(callback, "callback", "(row)")
+    children = as_seed_sequence(seed).spawn(len(cands))
+
+    sq = w * np.einsum("ij,ij->i", E, E, dtype=np.float64)
+    screen = _Screening(E, w, float(sq.sum()), np.argsort(-sq, kind="stable"), budget,
+                        tuple(sorted(set(flags))), fractions, n_rounds, extend_grid)
+    emit = _reporter(verbose, callback, screen.rows, len(cands) * len(screen.flags))
+    for c, child in zip(cands, children):
+        screen.candidate(c, np.random.default_rng(child), emit)
+    if not screen.rows:
+        msg = (f"ratio: {ratio} gives a budget of {budget} parameters, too small for every "
+               f"candidate on a {n} x {d} matrix")
+        raise ValueError(msg)
+
+    rows = screen.rows
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["error"])  # stable: ties in order
+    c, res = screen.states[order[0]]
+    row = rows[order[0]]
+    for r in rows:
+        r["refit"] = False
+    if refit and c["method"] != "svd":
+        res = screen.refit_winner(c, res, row)
+    best = build_result(E, w, c["method"], c["p"], c["n_subspaces"], res, budget, row["splits"])
+    ranked = [rows[i] for i in order]
+    for place, r in enumerate(ranked, 1):
+        r["place"] = place
+    return Plan(ranked, best, screen.skipped, budget, ratio, (n, d),
+                time.perf_counter() - t_start)
+
+
+def _candidates(candidates: Any, p_values: Any, k_values: Any) -> list[dict[str, Any]]:
+    """The checked candidate dicts: the given ones, else the defaults from p and k values."""
     if candidates is None:
         specs = (["svd"] + [{"method": "lp", "p": float(p)} for p in p_values]
                  + [{"method": "projective", "n_subspaces": k} for k in k_values])
@@ -307,29 +242,12 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
         if not specs:
             msg = "candidates: expected at least one candidate"
             raise ValueError(msg)
-    cands = [_check_candidate(_parse_candidate(s)) for s in specs]
-    flags = tuple(doping)
-    if not flags or any(not isinstance(f, (bool, np.bool_)) for f in flags):
-        msg = f"doping: expected a non-empty sequence of bools, got {doping!r}"
-        raise ValueError(msg)
-    fractions = tuple(f for f in _check_fractions(exact_fractions) if f > 0)
-    if True in flags and not fractions:
-        msg = "exact_fractions: doping needs at least one fraction > 0"
-        raise ValueError(msg)
-    n_rounds = as_int(n_rounds, "n_rounds", low=0)
-    if callback is not None and not callable(callback):
-        msg = f"callback: expected a callable(row), got {type(callback).__name__}"
-        raise TypeError(msg)
-    children = _seed_sequence(seed).spawn(len(cands))
+    return [_check_candidate(_parse_candidate(s)) for s in specs]
 
-    sq = w * np.einsum("ij,ij->i", E, E, dtype=np.float64)
-    total = float(sq.sum())
-    heavy = np.argsort(-sq, kind="stable")
-    rows: list[dict[str, Any]] = []
-    states: list[tuple[dict, Any, Any]] = []  # (candidate, split result, fitter seed)
-    skipped: list[dict[str, Any]] = []
-    expected = len(cands) * len(set(flags))
 
+def _reporter(verbose: bool, callback: Callable[[dict[str, Any]], Any] | None,
+              rows: list[dict[str, Any]], expected: int) -> Callable[[dict[str, Any]], None]:
+    """What runs as each row finishes: the verbose line and the user's callback."""
     def emit(row: dict[str, Any]) -> None:
         if verbose:
             print(f"plan_compression [{len(rows)}/{expected}] {row['candidate']:<22s} "
@@ -339,79 +257,77 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
         if callback is not None:
             callback(dict(row, index=len(rows), total=expected))
 
-    for c, child in zip(cands, children):
-        kind, K = _kind(c["method"]), c["n_subspaces"]
-        if K > n or budget < _min_budget(kind, n, d, K):
-            for doped in sorted(set(flags)):
-                skipped.append({"candidate": _name(c, doped),
-                                "reason": f"budget {budget} is below the "
-                                          f"{_min_budget(kind, n, d, K)} of rank 1"})
-            continue
-        top = min(_max_rank(kind, n, d, budget, 0, K), _rank_cap(kind, n, d, 0, K))
-        splits = [(top, 0)]
-        extend = None
-        if True in flags:
-            splits += [s for s in _splits(kind, n, d, budget, K, fractions) if s[1] > 0]
-            extend = _extender(kind, n, d, budget, K, fractions) if extend_grid else None
-        seed_c = np.random.default_rng(child)
-        fitter = _make_fitter(E, w, c["method"], c["p"], K, SCREEN, seed_c)
-        results = _search(fitter, w, heavy, total, splits, n_rounds, extend=extend)
-        hist = _history(c["method"], n, d, K, results)
-        if False in flags:
-            rows.append(_row(c, False, results[0], (n, d), w, K, hist[:1]))
-            states.append((c, results[0], fitter))
-            emit(rows[-1])
-        doped = results[1:]
-        if True in flags:
-            if not doped:
-                skipped.append({"candidate": _name(c, True),
-                                "reason": "no split with exact rows fits the budget"})
-                continue
-            best = min(doped, key=lambda r: r.error)
-            row = _row(c, True, best, (n, d), w, K, hist[1:])
-            row["seconds"] = sum(r.seconds for r in doped) + (
-                0.0 if False in flags else results[0].seconds)
-            rows.append(row)
-            states.append((c, best, fitter))
-            emit(row)
-    if not rows:
-        msg = (f"ratio: {ratio} gives a budget of {budget} parameters, too small for every "
-               f"candidate on a {n} x {d} matrix")
-        raise ValueError(msg)
+    return emit
 
-    order = sorted(range(len(rows)), key=lambda i: rows[i]["error"])  # stable: ties in order
-    win = order[0]
-    c, res, _ = states[win]
-    K = c["n_subspaces"]
-    row = rows[win]
-    for r in rows:
-        r["refit"] = False
-    if refit and c["method"] != "svd":
+
+class _Screening:
+    """The screening of the candidates at one budget: their rows, split results, skips."""
+
+    def __init__(self, E: np.ndarray, w: np.ndarray, total: float, heavy: np.ndarray,
+                 budget: int, flags: tuple[bool, ...], fractions: tuple[float, ...],
+                 n_rounds: int, extend_grid: bool):
+        self.E, self.w, self.total, self.heavy, self.budget = E, w, total, heavy, budget
+        self.flags, self.fractions = flags, fractions
+        self.n_rounds, self.extend_grid = n_rounds, extend_grid
+        self.rows: list[dict[str, Any]] = []
+        self.states: list[tuple[dict[str, Any], SplitResult]] = []
+        self.skipped: list[dict[str, Any]] = []
+
+    def candidate(self, c: dict[str, Any], seed: np.random.Generator,
+                  emit: Callable[[dict[str, Any]], None]) -> None:
+        """Fit one candidate undoped and/or doped (one shared fit at the undoped rank)."""
+        (n, d), budget = self.E.shape, self.budget
+        kind, K = kind_of(c["method"]), c["n_subspaces"]
+        least = min_budget(kind, n, d, K)
+        if K > n or budget < least:
+            for doped in self.flags:
+                self.skipped.append({"candidate": _name(c, doped),
+                                     "reason": f"budget {budget} is below the {least} of rank 1"})
+            return
+        top = min(max_rank(kind, n, d, budget, 0, K), rank_cap(kind, n, d, 0, K))
+        splits, extend = [(top, 0)], None
+        if True in self.flags:
+            splits += [s for s in splits_for(kind, n, d, budget, K, self.fractions) if s[1] > 0]
+            if self.extend_grid:
+                extend = grid_extender(kind, n, d, budget, K, self.fractions)
+        fitter = make_fitter(self.E, self.w, c["method"], c["p"], K, SCREEN, seed)
+        results = search_splits(fitter, self.w, self.heavy, self.total, splits, self.n_rounds,
+                                extend=extend)
+        hist = split_history(c["method"], n, d, K, results)
+        if False in self.flags:
+            self._add(c, False, results[0], hist[:1], emit)
+        doped = results[1:]
+        if True in self.flags:
+            if not doped:
+                self.skipped.append({"candidate": _name(c, True),
+                                     "reason": "no split with exact rows fits the budget"})
+                return
+            best = min(doped, key=lambda r: r.error)
+            row = self._add(c, True, best, hist[1:], None)
+            row["seconds"] = sum(r.seconds for r in doped) + (
+                0.0 if False in self.flags else results[0].seconds)
+            emit(row)
+
+    def _add(self, c, doped, res, history, emit) -> dict[str, Any]:
+        row = _row(c, doped, res, self.E.shape, self.w, c["n_subspaces"], history)
+        self.rows.append(row)
+        self.states.append((c, res))
+        if emit is not None:
+            emit(row)
+        return row
+
+    def refit_winner(self, c: dict[str, Any], res: SplitResult, row: dict[str, Any]) -> SplitResult:
+        """One warm full-effort refit without the exact rows; kept only if it is better."""
         t0 = time.perf_counter()
-        full = _make_fitter(E, w, c["method"], c["p"], K, REFIT, None)
-        w_fit = w.copy()
+        full = make_fitter(self.E, self.w, c["method"], c["p"], c["n_subspaces"], REFIT, None)
+        w_fit = self.w.copy()
         w_fit[res.exact] = 0.0
         state = full.fit(res.rank, w_fit, init=res.state)
-        better = _rounds(full, w, total, res.rank, res.n_exact, state, 0)
+        better = dope_rounds(full, self.w, self.total, res.rank, res.n_exact, state, 0)
         row["seconds"] += time.perf_counter() - t0
-        if better.error < res.error:
-            res = better
-            row.update(error=res.error, refit=True,
-                       lp_cost=_row(c, row["doped"], res, (n, d), w, K, [])["lp_cost"],
-                       n_exact=res.n_exact)
-    best = _build(E, w, c["method"], c["p"], K, res, budget, row["splits"])
-    ranked = [rows[i] for i in order]
-    for place, r in enumerate(ranked, 1):
-        r["place"] = place
-    return Plan(ranked, best, skipped, budget, ratio, (n, d), time.perf_counter() - t_start)
-
-
-def _plain(obj: Any) -> Any:
-    """NumPy scalars inside containers as JSON-ready Python values."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+        if not better.error < res.error:
+            return res
+        row.update(error=better.error, refit=True, n_exact=better.n_exact,
+                   lp_cost=_row(c, row["doped"], better, self.E.shape, self.w,
+                                c["n_subspaces"], [])["lp_cost"])
+        return better

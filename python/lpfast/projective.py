@@ -8,20 +8,23 @@ coefficients ``V_label^T x``, plus the k bases: ``n*j + k*d*j`` numbers instead 
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._validate import as_float, as_float_array, as_int
+from . import _native
+from ._validate import (as_choice, as_eps, as_float, as_float_array, as_generator, as_int,
+                        as_matrix, as_row_weights, as_rows, default_eps)
 
 __all__ = ["KSubspaces", "k_subspaces"]
 
 _SEEDINGS = ("coreset", "dp", "random")
-_SEED_CODES = {"dp": 0, "random": 1}
 #: RNG stream of the coreset's pilot seeding (restarts use streams 0 .. n_init - 1).
 _PILOT_STREAM = 2**40
+
+
+#: bench/bench_projective.py reads the default floor under its former name here.
+_default_eps = default_eps
 
 
 class KSubspaces:
@@ -77,18 +80,10 @@ class KSubspaces:
                 f"p={self.p}, cost={self.cost:.6g}, n_iter={self.n_iter}, "
                 f"seeding={self.seeding!r}, dtype={self.bases.dtype})")
 
-    def _rows(self, Y: Any) -> np.ndarray:
-        d = self.bases.shape[1]
-        Y = as_float_array(Y, "Y", self.bases.dtype, ndim=(1, 2))
-        Y2 = Y.reshape(1, -1) if Y.ndim == 1 else Y
-        if Y2.shape[1] != d:
-            msg = f"Y: expected rows of length {d}, got shape {Y.shape}"
-            raise ValueError(msg)
-        return Y2
-
     def _assign(self, Y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         one = np.ndim(Y) == 1 if not hasattr(Y, "ndim") else Y.ndim == 1
-        labels, dist2, coef = _core.k_subspaces_assign(self._rows(Y), self.bases)
+        rows = as_rows(Y, "Y", self.bases.shape[1], self.bases.dtype, single=True)
+        labels, dist2, coef = _native.k_subspaces_assign(X=rows, bases=self.bases)
         return labels, dist2, coef, one
 
     def predict(self, Y: Any) -> np.ndarray:
@@ -130,30 +125,6 @@ class KSubspaces:
         return out[0] if one else out
 
 
-def _default_eps(X: np.ndarray, w: np.ndarray) -> float:
-    """sqrt(machine epsilon of X's dtype) * weighted RMS row norm: lp_subspace's convention."""
-    # Row norms summed in X's dtype: a floor needs no more, and a float64 sum over float32
-    # rows took 13 ms of a 30522 x 384 fit against 2.5 ms. Squares that overflow or vanish
-    # in X's dtype are summed again in float64.
-    sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
-    rms = np.sqrt(float(w @ sq / w.sum()))
-    if not 0 < rms < np.inf:
-        sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
-        rms = np.sqrt(float(w @ sq / w.sum()))
-    return float(np.sqrt(np.finfo(X.dtype).eps) * rms) if rms > 0 else 1.0
-
-
-def _seed_value(seed: Any) -> np.random.Generator:
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    msg = f"seed: expected None, a non-negative integer or a numpy Generator, got {seed!r}"
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(msg)
-    if seed < 0:
-        raise ValueError(msg)
-    return np.random.default_rng(int(seed))
-
-
 # Relative cost decrease at which the coreset restarts stop (the user's tol, if looser), and
 # their IRLS steps per Lloyd iteration (p != 2).
 _CORESET_TOL = 1e-3
@@ -163,8 +134,9 @@ _CORESET_IRLS_STEPS = 1
 def _coreset(X: np.ndarray, w: np.ndarray, k: int, j: int, p: float, size: int,
              rng: np.random.Generator, core_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(indices, weights) of a sensitivity sample of ``size`` draws (duplicates merged)."""
-    pilot = _core.k_subspaces_seed(X, w, k, j, p, _SEED_CODES["dp"], core_seed, _PILOT_STREAM)
-    labels, dist2, _ = _core.k_subspaces_assign(X, pilot)
+    pilot = _native.k_subspaces_seed(X=X, weights=w, n_subspaces=k, dim=j, p=p, seeding="dp",
+                                     seed=core_seed, stream=_PILOT_STREAM)
+    labels, dist2, _ = _native.k_subspaces_assign(X=X, bases=pilot)
     cost_i = w * np.maximum(dist2, 0.0) ** (p / 2)
     mass = np.bincount(labels, weights=w, minlength=k)
     sens = w / np.where(mass > 0, mass, 1.0)[labels]
@@ -263,12 +235,9 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     per cluster. ``lpfast.reference.k_subspaces_lloyd`` is the NumPy version of the same
     iteration.
     """
-    X = as_float_array(X, "X", ndim=2, check_finite=check_finite)
+    X = as_matrix(X, "X", min_cols=2, check_finite=check_finite)
     dtype = X.dtype
     n, d = X.shape
-    if n == 0 or d < 2:
-        msg = f"X: expected an (n, d) matrix with n >= 1 and d >= 2, got shape {X.shape}"
-        raise ValueError(msg)
     k = as_int(n_subspaces, "n_subspaces", low=1, high=n)
     j = as_int(dim, "dim", low=1, high=d - 1)
     if k * j > n:
@@ -276,34 +245,16 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
                f"every subspace needs rows to fit it")
         raise ValueError(msg)
     p = as_float(p, "p", low=1.0)
-    if weights is None:
-        w = np.ones(n)
-    else:
-        w = as_float_array(weights, "weights", np.dtype(np.float64), ndim=1,
-                           check_finite=check_finite)
-        if w.shape[0] != n:
-            msg = f"weights: expected shape ({n},) (one per row of X), got {w.shape}"
-            raise ValueError(msg)
-        if not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
-            msg = "weights: must be finite, non-negative, with a positive sum"
-            raise ValueError(msg)
+    w = as_row_weights(weights, n, ones=True)
     n_init = as_int(n_init, "n_init", low=1)
     max_iter = as_int(max_iter, "max_iter", low=0)
     tol = as_float(tol, "tol", low=0.0)
     irls_steps = as_int(irls_steps, "irls_steps", low=1)
-    if not isinstance(seeding, str):
-        msg = f"seeding: expected one of {_SEEDINGS}, got {seeding!r}"
-        raise TypeError(msg)
-    if seeding not in _SEEDINGS:
-        msg = f"seeding: expected one of {_SEEDINGS}, got {seeding!r}"
-        raise ValueError(msg)
+    as_choice(seeding, "seeding", _SEEDINGS)
     if coreset_size is not None:
         coreset_size = as_int(coreset_size, "coreset_size", low=k * j)
-    rng = _seed_value(seed)
-    eps = _default_eps(X, w) if eps is None else as_float(eps, "eps", low=0.0)
-    if not eps > 0:
-        msg = "eps: expected eps > 0"
-        raise ValueError(msg)
+    rng = as_generator(seed)
+    eps = as_eps(eps, X, w)
     V0 = None
     if init_bases is not None:
         V0 = as_float_array(init_bases, "init_bases", dtype, ndim=3, check_finite=check_finite)
@@ -313,7 +264,6 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
 
     core_seed = int(rng.integers(0, 2**63 - 1))
     info: dict[str, Any] = {"eps": eps}
-    common = (k, j, p, max_iter, tol, eps, irls_steps)
     if V0 is None and seeding == "coreset":
         size = max(4 * k * j, 50 * k) if coreset_size is None else coreset_size
         if size < n:
@@ -324,15 +274,18 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
             # 16.5 s -> 8.5 s) with the same final cost (170549 -> 170545), and one IRLS
             # step per iteration (each still a majorize-minimize step) halved the restarts
             # again (4.4 s -> 2.2 s; final cost 170545 -> 170714, k = 3 and 5 unchanged).
-            core_opts = (k, j, p, max_iter, max(tol, _CORESET_TOL), eps, _CORESET_IRLS_STEPS)
-            Vc, _, ccost, _, chist, restart, _ = _core.k_subspaces_fit(
-                Xc, cw, *core_opts, _SEED_CODES["dp"], n_init, core_seed, None, False)
-            info.update(coreset_indices=idx, coreset_weights=cw, coreset_cost=ccost,
-                        coreset_history=np.asarray(chist), restart=restart)
-            V0 = Vc
-    code = _SEED_CODES.get(seeding, 0)
-    bases, labels, cost, n_iter, hist, restart, coef = _core.k_subspaces_fit(
-        X, w, *common, code, n_init, core_seed, V0, True)
-    info.setdefault("restart", restart)
-    return KSubspaces(labels, bases, float(cost), int(n_iter), np.asarray(hist, dtype=np.float64),
-                      p, seeding if init_bases is None else "init_bases", info, coef)
+            core = _native.k_subspaces_fit(
+                X=Xc, weights=cw, n_subspaces=k, dim=j, p=p, max_iter=max_iter,
+                tol=max(tol, _CORESET_TOL), eps=eps, irls_steps=_CORESET_IRLS_STEPS,
+                seeding="dp", n_init=n_init, seed=core_seed)
+            info.update(coreset_indices=idx, coreset_weights=cw, coreset_cost=core.cost,
+                        coreset_history=np.asarray(core.history), restart=core.restart)
+            V0 = core.bases
+    fit = _native.k_subspaces_fit(
+        X=X, weights=w, n_subspaces=k, dim=j, p=p, max_iter=max_iter, tol=tol, eps=eps,
+        irls_steps=irls_steps, seeding="random" if seeding == "random" else "dp",
+        n_init=n_init, seed=core_seed, init_bases=V0, coefficients=True)
+    info.setdefault("restart", fit.restart)
+    return KSubspaces(fit.labels, fit.bases, float(fit.cost), int(fit.n_iter),
+                      np.asarray(fit.history, dtype=np.float64), p,
+                      seeding if init_bases is None else "init_bases", info, fit.coefficients)

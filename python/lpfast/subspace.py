@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _core
-from ._validate import as_float, as_float_array, as_int
+from . import _native
+from ._validate import (as_basis, as_callable, as_choice, as_eps, as_float,
+                        as_int, as_matrix, as_row_weights, as_rows,
+                        orthonormal_columns)
 
 __all__ = ["LpSubspace", "lp_subspace", "subspace_cost"]
 
@@ -89,76 +91,13 @@ class LpSubspace:
                 raise ValueError(msg)
             E = self._X
         else:
-            E = as_float_array(E, "E", self.basis.dtype, ndim=2)
-            if E.shape[1] != self.basis.shape[0]:
-                msg = f"E: expected shape (m, {self.basis.shape[0]}), got {E.shape}"
-                raise ValueError(msg)
+            E = as_rows(E, "E", self.basis.shape[0], self.basis.dtype)
         return E @ self.basis, np.ascontiguousarray(self.basis.T)
 
     def __repr__(self) -> str:
         d, k = self.basis.shape
         return (f"LpSubspace(d={d}, k={k}, p={self.p}, cost={self.cost:.6g}, "
                 f"n_iter={self.n_iter}, converged={self.converged}, dtype={self.basis.dtype})")
-
-
-def default_eps(X: np.ndarray, weights: np.ndarray | None) -> float:
-    """The distance floor eps = sqrt(machine epsilon of X's dtype) * weighted RMS row norm.
-
-    The floor keeps IRLS weights max(dist, eps)^(p-2) finite for rows on the subspace (p < 2)
-    and is relative to the data's scale; an all-zero X gets eps = 1.
-    """
-    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
-    if weights is None:
-        rms2 = float(sq.mean())
-    else:
-        w = weights.astype(np.float64)
-        rms2 = float(w @ sq / w.sum())
-    rms = np.sqrt(rms2)
-    return float(np.sqrt(np.finfo(X.dtype).eps) * rms) if rms > 0 else 1.0
-
-
-def _as_points(X: Any) -> np.ndarray:
-    X = as_float_array(X, "X", ndim=2)  # own float dtype, else float64; tensors viewed
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        msg = f"X: expected a non-empty (n, d) matrix, got shape {X.shape}"
-        raise ValueError(msg)
-    return X
-
-
-def _as_weights(weights: Any, n: int, dtype: np.dtype) -> np.ndarray | None:
-    if weights is None:
-        return None
-    w = as_float_array(weights, "weights", dtype, ndim=1)
-    if w.shape[0] != n:
-        msg = f"weights: expected shape ({n},) (one per row of X), got {w.shape}"
-        raise ValueError(msg)
-    if (w < 0).any():
-        msg = "weights: must be non-negative"
-        raise ValueError(msg)
-    if not w.sum() > 0:
-        msg = "weights: must have a positive sum"
-        raise ValueError(msg)
-    return w
-
-
-def _as_basis(B: Any, name: str, d: int, k: int | None, dtype: np.dtype) -> np.ndarray:
-    B = as_float_array(B, name, dtype, ndim=2)
-    if B.shape[0] != d or (k is not None and B.shape[1] != k) or B.shape[1] < 1:
-        want = f"({d}, {k})" if k is not None else f"({d}, k)"
-        msg = f"{name}: expected shape {want}, got {B.shape}"
-        raise ValueError(msg)
-    return B
-
-
-def _orthonormal_start(B: np.ndarray, name: str) -> np.ndarray:
-    """The columns of B orthonormalized (QR, signs as in R's diagonal); full rank required."""
-    Q, R = np.linalg.qr(B.astype(np.float64))
-    diag = np.abs(np.diag(R))
-    if diag.min() <= 1e-8 * max(diag.max(), np.finfo(np.float64).tiny):
-        msg = f"{name}: columns are linearly dependent (need rank k)"
-        raise ValueError(msg)
-    Q *= np.sign(np.diag(R))
-    return np.ascontiguousarray(Q, dtype=B.dtype)
 
 
 def _progress(verbose: bool, callback: Callable[[int, float], Any] | None, stage: str):
@@ -248,29 +187,22 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
     thread counts they may differ by rounding.
     Stopping: after a step from cost c to c', stop (converged) when ``c - c' <= tol * c``.
     """
-    X = _as_points(X)
+    X = as_matrix(X, "X")  # own float dtype, else float64; tensors viewed
     n, d = X.shape
     k = as_int(k, "k", low=1, high=min(n, d))
     p = as_float(p, "p", low=1.0)
-    w = _as_weights(weights, n, X.dtype)
+    w = as_row_weights(weights, n, X.dtype)
     max_iter = as_int(max_iter, "max_iter", low=1)
     tol = as_float(tol, "tol", low=0.0)
-    eps = default_eps(X, w) if eps is None else as_float(eps, "eps", low=0.0)
-    if not eps > 0:
-        msg = "eps: expected eps > 0"
-        raise ValueError(msg)
+    eps = as_eps(eps, X, w)
     if isinstance(init, str):
-        if init not in _INITS:
-            msg = f"init: expected one of {_INITS} or a (d, k) array, got {init!r}"
-            raise ValueError(msg)
+        as_choice(init, "init", _INITS)
         start = None
     else:
-        start = _orthonormal_start(_as_basis(init, "init", d, k, X.dtype), "init")
+        start = orthonormal_columns(as_basis(init, "init", d, k, X.dtype), "init")
     if coreset is not None:
         coreset = as_int(coreset, "coreset", low=k)
-    if callback is not None and not callable(callback):
-        msg = f"callback: expected a callable(iteration, cost), got {type(callback).__name__}"
-        raise TypeError(msg)
+    as_callable(callback, "callback", "(iteration, cost)")
 
     coreset_history = None
     if coreset is not None and coreset < n:
@@ -286,14 +218,16 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
         Xs, ws = np.ascontiguousarray(X[idx]), np.ascontiguousarray(cw, dtype=X.dtype)
         if ws.sum() > 0:  # else every sampled row weighs 0: only the full fit is left
             if start is None:
-                start = _core.weighted_pca(Xs, ws, k)
-            start, hist, _, _ = _core.lp_subspace_irls(
-                Xs, ws, start, p, eps, tol, max_iter, _progress(verbose, callback, "[coreset]"))
+                start = _native.weighted_pca(X=Xs, weights=ws, k=k)
+            start, hist, _, _ = _native.lp_subspace_irls(
+                X=Xs, weights=ws, init=start, p=p, eps=eps, tol=tol, max_iter=max_iter,
+                callback=_progress(verbose, callback, "[coreset]"))
             coreset_history = np.asarray(hist, dtype=np.float64)
     if start is None:
-        start = _core.weighted_pca(X, w, k)
-    basis, hist, n_iter, converged = _core.lp_subspace_irls(
-        X, w, start, p, eps, tol, max_iter, _progress(verbose, callback, ""))
+        start = _native.weighted_pca(X=X, weights=w, k=k)
+    basis, hist, n_iter, converged = _native.lp_subspace_irls(
+        X=X, weights=w, init=start, p=p, eps=eps, tol=tol, max_iter=max_iter,
+        callback=_progress(verbose, callback, ""))
     return LpSubspace(basis, np.asarray(hist, dtype=np.float64), n_iter, converged, p, eps, X,
                       coreset_history)
 
@@ -312,11 +246,11 @@ def subspace_cost(X: Any, basis: Any, p: float = 1.0, *, weights: Any = None) ->
     -------
     float (summed in float64).
     """
-    X = _as_points(X)
+    X = as_matrix(X, "X")
     n, d = X.shape
-    V = _as_basis(basis, "basis", d, None, X.dtype)
+    V = as_basis(basis, "basis", d, None, X.dtype)
     p = as_float(p, "p", low=0.0)
-    w = _as_weights(weights, n, X.dtype)
-    dist = _core.subspace_distances(X, V).astype(np.float64)
+    w = as_row_weights(weights, n, X.dtype)
+    dist = _native.subspace_distances(X=X, basis=V).astype(np.float64)
     terms = dist**p
     return float(terms.sum() if w is None else w.astype(np.float64) @ terms)

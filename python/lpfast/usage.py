@@ -54,8 +54,6 @@ def usage_weights(counts: Any, power: float = 1.0, floor: float = 1.0, *,
     -----
     O(n). Example: ``w = lpfast.usage_weights(np.bincount(token_ids, minlength=vocab))``.
     """
-    if hasattr(counts, "detach") and hasattr(counts, "numpy"):
-        counts = counts.detach().cpu().numpy()
     c = as_float_array(counts, "counts", np.dtype(np.float64), ndim=1)
     if c.shape[0] == 0:
         msg = "counts: expected at least one count, got an empty array"

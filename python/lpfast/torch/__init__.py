@@ -13,20 +13,26 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
            "(or `pip install \"lpfast[torch]\"`); the rest of lpfast works without it")
     raise ImportError(msg) from e
 
+from .annealing import DensitySchedule, SparsityAnnealer
+from .calibrate import Calibration, LayerStats, calibrate
+from .distill import DistillLayerReport, DistillReport, distill, output_error
 from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
-from .layers import (
-    DensitySchedule,
-    DopedKroneckerLinear,
-    LowRankEmbedding,
-    LowRankLinear,
-    ProjectiveEmbedding,
-    SparsityAnnealer,
-    co_matrix_dropout,
-)
+from .kron import DopedKroneckerLinear, co_matrix_dropout
+from .lowrank import LowRankEmbedding, LowRankLinear
 from .ops import doped_kp_matmul
+from .projective import ProjectiveEmbedding
 from .row_doped import RowDopedEmbedding, RowDopedLinear
+from .lowrank_sparse import LowRankSparseLinear
+from .calibrated import fit_linear, params_for_ratio
 
 __all__ = [
+    "Calibration",
+    "LayerStats",
+    "calibrate",
+    "DistillLayerReport",
+    "DistillReport",
+    "distill",
+    "output_error",
     "CompressionReport",
     "LayerReport",
     "compress",
@@ -42,4 +48,7 @@ __all__ = [
     "SparsityAnnealer",
     "co_matrix_dropout",
     "doped_kp_matmul",
+    "LowRankSparseLinear",
+    "fit_linear",
+    "params_for_ratio",
 ]

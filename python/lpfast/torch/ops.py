@@ -14,14 +14,15 @@ Projective lookup: ``out[..., :] = coef[ids] @ bases[labels[ids]]`` for coeffici
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _core
-from .._validate import as_csr
+from ._checks import check_doped_matmul, check_lookup
+from ._eager import plain_inference
 
 __all__ = ["doped_kp_matmul", "projective_lookup"]
 
@@ -41,9 +42,10 @@ def _forward(x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor], col: Optio
     m, n = _shape(A, B)
     rows = _np(x).reshape(-1, n)
     out = torch.empty((rows.shape[0], m), dtype=x.dtype)
-    csr = (None, None, None) if values is None else (_np(crow), _np(col), _np(values))
-    _core.doped_kron_matmul(rows, _np(A), _np(B), *csr, None if bias is None else _np(bias),
-                            out.numpy())
+    indptr, indices, data = (None, None, None) if values is None else (_np(crow), _np(col),
+                                                                         _np(values))
+    _core.doped_kron_matmul(x=rows, A=_np(A), B=_np(B), indptr=indptr, indices=indices,
+                            data=data, bias=None if bias is None else _np(bias), out=out.numpy())
     return out.reshape(*x.shape[:-1], m)
 
 
@@ -66,18 +68,22 @@ def _backward(dy: Tensor, x: Tensor, A: Tensor, B: Tensor, crow: Optional[Tensor
         # dx = dy @ W: the same kernel on the transposed operator kron(A.T, B.T) + S.T.
         At = _np(A.transpose(1, 2))
         Bt = _np(B.transpose(1, 2))
-        csr_t = (None, None, None)
+        indptr_t = indices_t = data_t = None
         if values is not None:
             import scipy.sparse as sp
 
             S_t = sp.csr_array((_np(values), _np(col), _np(crow)), shape=(m, n)).T.tocsr()
             itype = _np(crow).dtype
-            csr_t = (S_t.indptr.astype(itype), S_t.indices.astype(itype), S_t.data)
-        _core.doped_kron_matmul(dy_rows, At, Bt, *csr_t, None, dx.numpy().reshape(-1, n))
+            indptr_t, indices_t, data_t = (S_t.indptr.astype(itype), S_t.indices.astype(itype),
+                                           S_t.data)
+        _core.doped_kron_matmul(x=dy_rows, A=At, B=Bt, indptr=indptr_t, indices=indices_t,
+                                data=data_t, bias=None, out=dx.numpy().reshape(-1, n))
     if need_factors:
-        _core.kron_factor_grads(x_rows, dy_rows, _np(A), _np(B), dA.numpy(), dB.numpy())
+        _core.kron_factor_grads(x=x_rows, dy=dy_rows, A=_np(A), B=_np(B), dA=dA.numpy(),
+                                dB=dB.numpy())
     if need_values and values is not None:
-        _core.csr_sampled_product(dy_rows, x_rows, _np(crow), _np(col), dv.numpy())
+        _core.csr_sampled_product(dy=dy_rows, x=x_rows, indptr=_np(crow), indices=_np(col),
+                                  out=dv.numpy())
     return dx, dA, dB, dv
 
 
@@ -146,58 +152,10 @@ def doped_kp_matmul(x: Tensor, A: Tensor, B: Tensor, S_values: Optional[Tensor] 
     if B.dim() == 2:
         B = B.unsqueeze(0)
     if check:
-        _check(x, A, B, S_values, S_crow_indices, S_col_indices, bias,
+        check_doped_matmul(x, A, B, S_values, S_crow_indices, S_col_indices, bias,
                pattern=not torch.compiler.is_compiling())
     return torch.ops.lpfast.doped_kp_matmul(x, A.contiguous(), B.contiguous(), S_crow_indices,
                                             S_col_indices, S_values, bias)
-
-
-def _check_cpu_tensor(name: str, t: Any) -> None:
-    if not isinstance(t, Tensor):
-        msg = f"{name}: expected a torch.Tensor, got {type(t).__name__}"
-        raise TypeError(msg)
-    if t.device.type != "cpu":
-        msg = f"{name}: lpfast kernels run on CPU tensors, got device {t.device}"
-        raise ValueError(msg)
-
-
-def _check(x, A, B, values, crow, col, bias, pattern: bool = True) -> None:
-    tensors = {"x": x, "A": A, "B": B, "S_values": values, "bias": bias}
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        _check_cpu_tensor(name, t)
-        if t.dtype != x.dtype or t.dtype not in (torch.float32, torch.float64):
-            msg = f"{name}: expected dtype {x.dtype} (float32 or float64, shared by all inputs), got {t.dtype}"
-            raise TypeError(msg)
-    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0]:
-        msg = f"A, B: expected (R, m1, n1) and (R, m2, n2) with the same R, got {tuple(A.shape)} and {tuple(B.shape)}"
-        raise ValueError(msg)
-    m, n = _shape(A, B)
-    if x.dim() == 0 or x.shape[-1] != n:
-        msg = f"x: expected shape (..., {n}), got {tuple(x.shape)}"
-        raise ValueError(msg)
-    if bias is not None and tuple(bias.shape) != (m,):
-        msg = f"bias: expected shape ({m},), got {tuple(bias.shape)}"
-        raise ValueError(msg)
-    given = [t is not None for t in (values, crow, col)]
-    if any(given) and not all(given):
-        msg = "S_values, S_crow_indices, S_col_indices: give all three or none"
-        raise ValueError(msg)
-    if all(given):
-        if not all(isinstance(t, Tensor) for t in (crow, col)):
-            msg = "S_crow_indices, S_col_indices: expected torch.Tensors"
-            raise TypeError(msg)
-        if crow.dtype != col.dtype or crow.dtype not in (torch.int32, torch.int64):
-            msg = f"S_crow_indices, S_col_indices: expected one of int32/int64, got {crow.dtype} and {col.dtype}"
-            raise TypeError(msg)
-        if pattern:
-            as_csr((_np(crow), _np(col), _np(values)), "S", (m, n), _np(values).dtype,
-                   check_finite=False)
-        elif crow.dim() != 1 or crow.shape[0] != m + 1 or col.shape != values.shape:
-            msg = (f"S: expected crow_indices of shape ({m + 1},) and col_indices of the "
-                   f"values' shape {tuple(values.shape)}")
-            raise ValueError(msg)
 
 
 # -- projective embedding lookup ------------------------------------------------------------
@@ -206,7 +164,8 @@ def _lookup_kernel(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor) -> 
     d = bases.shape[2]
     flat = _np(ids).reshape(-1)
     out = torch.empty((flat.shape[0], d), dtype=coef.dtype)
-    _core.projective_lookup(_np(coef), _np(labels), _np(bases), flat, out.numpy())
+    _core.projective_lookup(coef=_np(coef), labels=_np(labels), bases=_np(bases), ids=flat,
+                            out=out.numpy())
     return out.reshape(*ids.shape, d)
 
 
@@ -230,9 +189,10 @@ def _lookup_backward(grad: Tensor, ids: Tensor, coef: Tensor, bases: Tensor, lab
     dbases = torch.empty(bases.shape if need_bases else (0,), dtype=bases.dtype)
     if need_coef or need_bases:
         _core.projective_lookup_backward(
-            _np(coef), _np(labels), _np(bases), _np(ids).reshape(-1), _np(grad).reshape(-1, d),
-            padding_idx, dcoef.numpy() if need_coef else None,
-            dbases.numpy() if need_bases else None)
+            coef=_np(coef), labels=_np(labels), bases=_np(bases), ids=_np(ids).reshape(-1),
+            grad=_np(grad).reshape(-1, d), padding_idx=padding_idx,
+            dcoef=dcoef.numpy() if need_coef else None,
+            dbases=dbases.numpy() if need_bases else None)
     return dcoef, dbases
 
 
@@ -286,48 +246,13 @@ def projective_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
     ``nn.Embedding(n, j)`` + ``nn.Linear(j, d)``; about twice that for the backward.
     """
     if check:
-        _check_lookup(ids, coef, bases, labels, padding_idx)
+        check_lookup(ids, coef, bases, labels, padding_idx)
     if ids.dtype != torch.int64:
         ids = ids.long()
-    if _plain_inference(ids, coef, bases, labels):
+    if plain_inference(ids, coef, bases, labels):
         # Eager inference calls the kernel directly: the dispatcher and autograd wrapper of
         # a Python custom op cost ~12 us per call, 8% of a 128-token lookup at d = 768.
         return _lookup_kernel(ids, coef, bases, labels)
     pad = -1 if padding_idx is None else int(padding_idx)
     return torch.ops.lpfast.projective_lookup(ids, coef.contiguous(), bases.contiguous(),
                                               labels.contiguous(), pad)
-
-
-def _plain_inference(*tensors: Tensor) -> bool:
-    """No gradient wanted, plain CPU tensors, no tracing or functorch transform: the op's
-    registration (fake, autograd) would do nothing but cost time."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    # Tracers (torch.jit.trace, ONNX export) would record the NumPy round trip as a constant.
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active()):
-        return False
-    return all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
-
-
-def _check_lookup(ids, coef, bases, labels, padding_idx) -> None:
-    for name, t in (("ids", ids), ("coef", coef), ("bases", bases), ("labels", labels)):
-        _check_cpu_tensor(name, t)
-    if ids.dtype not in (torch.int32, torch.int64):
-        msg = f"ids: expected int32 or int64 indices, got {ids.dtype}"
-        raise TypeError(msg)
-    if labels.dtype != torch.int64:
-        msg = f"labels: expected int64, got {labels.dtype}"
-        raise TypeError(msg)
-    if coef.dtype not in (torch.float32, torch.float64) or bases.dtype != coef.dtype:
-        msg = f"coef, bases: expected one dtype, float32 or float64, got {coef.dtype} and {bases.dtype}"
-        raise TypeError(msg)
-    if coef.dim() != 2 or bases.dim() != 3 or bases.shape[1] != coef.shape[1]:
-        msg = f"coef, bases: expected (n, j) and (k, j, d), got {tuple(coef.shape)} and {tuple(bases.shape)}"
-        raise ValueError(msg)
-    if tuple(labels.shape) != (coef.shape[0],):
-        msg = f"labels: expected shape ({coef.shape[0]},), got {tuple(labels.shape)}"
-        raise ValueError(msg)
-    if padding_idx is not None and not 0 <= int(padding_idx) < coef.shape[0]:
-        msg = f"padding_idx: expected an index in [0, {coef.shape[0]}), got {padding_idx}"
-        raise ValueError(msg)
