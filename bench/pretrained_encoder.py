@@ -428,11 +428,11 @@ def run(ratio: float, *, method: str = "prune", distill_seconds: float = 240.0,
 
     t0 = time.perf_counter()
     names = [n for pair in pairs for n in pair]
-    if baseline:  # the weights-only fit at the same ratio, for comparison (not kept)
-        from lpfast.torch import compress
-
+    if baseline:  # the weights-only fit (C = I: truncated SVD) at the same ratio, not kept
         kept, student = student, copy.deepcopy(original)
-        compress(student, {n: {"method": "lowrank", "ratio": ratio, "p": 2.0} for n in names})
+        eye = {n: torch.eye(original.get_submodule(n).in_features, dtype=torch.float64)
+               for n in names}
+        compress_ffn(student, eye, pairs, ratio, "lowrank")
         step("weights-only SVD (no calibration)", time.perf_counter() - t0)
         student = kept
         t0 = time.perf_counter()
