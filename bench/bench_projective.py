@@ -28,7 +28,7 @@ import pytest
 import lpfast
 from lpfast import _core
 from lpfast import reference as ref
-from lpfast.projective import _default_eps
+from lpfast._validate import default_eps
 
 try:
     from threadpoolctl import threadpool_limits
@@ -86,7 +86,7 @@ _results = {}
 
 
 def _eps():
-    return _default_eps(data(), np.ones(N))  # the IRLS floor lpfast picks by default
+    return default_eps(data(), np.ones(N))  # the IRLS floor lpfast picks by default
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

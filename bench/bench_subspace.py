@@ -50,7 +50,7 @@ import pytest
 import lpfast
 import lpfast.reference
 from lpfast import _core
-from lpfast.subspace import default_eps
+from lpfast._validate import default_eps
 
 from _threads import limit_threads
 from _timing import size

@@ -23,9 +23,6 @@ _SEEDINGS = ("coreset", "dp", "random")
 _PILOT_STREAM = 2**40
 
 
-#: bench/bench_projective.py reads the default floor under its former name here.
-_default_eps = default_eps
-
 
 class KSubspaces:
     """Result of :func:`k_subspaces`.
