@@ -8,6 +8,7 @@ config (no download). Errors are measured on held-out batches with ``output_erro
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 
@@ -247,3 +248,25 @@ def test_bad_input():
         distill(c, model, batches, target_density=2.0, progress=False)
     assert all(not m._forward_pre_hooks for m in model.modules())
     assert isinstance(c[2], DopedKroneckerLinear)
+
+
+def test_pruned_ffn_pairs_end_to_end_only():
+    # prune_ffn changes the hidden width: the pair has no per-layer target (errors are NaN),
+    # end-to-end training still lowers the held-out output error, and layer mode says why not
+    from lpfast.torch import ffn_pairs, prune_ffn
+
+    model = tiny_bert(**SMALL_BERT)
+    original = copy.deepcopy(model)
+    batches, held = bert_batches(4, seed=0), bert_batches(2, seed=1)
+    pairs = ffn_pairs(model)
+    prune_ffn(model, pairs, calibrate(model, batches, list(pairs.values()), progress=False),
+              keep=0.5)
+    names = [n for pair in pairs.items() for n in pair]
+    before = output_error(model, original, held)
+    report = distill(model, original, batches, mode="end_to_end", layers=names, steps=30,
+                     progress=False)
+    assert all(math.isnan(r.error_before) and math.isnan(r.error_after) for r in report.layers)
+    assert report.output_error_after < report.output_error_before
+    assert output_error(model, original, held) < before
+    with pytest.raises(ValueError, match="widths differ.*end_to_end"):
+        distill(model, original, batches, mode="layer", layers=names, steps=2, progress=False)

@@ -6,6 +6,8 @@ rows, the original model's outputs, and the relative errors the report prints.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -164,8 +166,25 @@ def model_error(model: nn.Module, items: list, targets: list[Tensor],
     return ratio(num, den)
 
 
+def same_widths(layer: nn.Module, X: Tensor, Y: Tensor) -> bool:
+    """Whether ``layer`` maps the original layer's inputs ``X`` to outputs shaped like ``Y``.
+
+    Not so for layers whose width changed (FFN pairs pruned by :func:`prune_ffn`): they have
+    no per-layer target, only the model's output."""
+    if X.shape[0] == 0:
+        return False
+    with eval_mode(layer), torch.no_grad():
+        try:
+            return tuple(layer(X[:1]).shape) == tuple(Y[:1].shape)
+        except RuntimeError:  # torch's shape errors, e.g. mat1 and mat2 cannot be multiplied
+            return False
+
+
 def layer_error(layer: nn.Module, X: Tensor, Y: Tensor, chunk: int = 4096) -> float:
-    """Relative MSE of ``layer(X)`` against ``Y`` (eval, no_grad), in chunks of rows."""
+    """Relative MSE of ``layer(X)`` against ``Y`` (eval, no_grad), in chunks of rows; NaN
+    where the layer's widths differ from the original's (see :func:`same_widths`)."""
+    if not same_widths(layer, X, Y):
+        return math.nan
     num = den = 0.0
     with eval_mode(layer), torch.no_grad():
         for s in range(0, X.shape[0], chunk):

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import as_float, as_int
-from ._recording import default_output, find_layers, layer_error, model_error, output_tensor, record
+from ._recording import (default_output, find_layers, layer_error, model_error, output_tensor,
+                         record, same_widths)
 from ._running import Progress, batch_list, check_model, eval_mode, run_batch
 from ._training import Budget, adam, annealers_for, optimize, snapshot
 from .kron import DopedKroneckerLinear
@@ -174,7 +175,9 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
         "layer": each layer alone, on the inputs the ORIGINAL layer saw (one recording
         pass; exact when earlier layers are untouched, else the target each layer replaces).
         "end_to_end": all compressed layers together on the model's output. See the module
-        docstring.
+        docstring. Layers whose widths changed (FFN pairs pruned by :func:`prune_ffn`,
+        named with ``layers=``) have no per-layer target: end-to-end only, their per-layer
+        errors reported as NaN.
     steps : int >= 0, optional
         Adam steps per layer ("layer", default 300) or in all ("end_to_end", default 200);
         with only ``time_budget`` given, no step limit.
@@ -262,6 +265,12 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
                     density_before=getattr(layer, "density", None)
                     if isinstance(layer, DopedKroneckerLinear) else None))
             if mode == "layer":
+                reshaped = [n for n, layer, _ in pairs if not same_widths(layer, rows[n], ys[n])]
+                if reshaped:
+                    msg = (f"layers {reshaped}: their input/output widths differ from the "
+                           "original layers' (e.g. pruned FFN pairs), so they have no per-layer "
+                           "target; use mode='end_to_end'")
+                    raise ValueError(msg)
                 _layerwise(pairs, rows, ys, report, targets, steps=steps, deadline=time_budget,
                            t0=t0, lr=lr, batch_rows=batch_rows, g=g, progress=progress)
             else:
