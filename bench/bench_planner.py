@@ -37,11 +37,11 @@ import pytest
 import lpfast
 from lpfast import reference as ref
 
+from _data import SEED, outlier_table
+
 N_ROWS, DIM = 30522, 384
 CHECK_ROWS, CHECK_DIM = 3000, 48  # the table when benchmarks are disabled (a test run)
 RATIO = float(os.environ.get("LPFAST_BENCH_RATIO", "8"))
-SEED = 20240601
-OUTLIER_FRACTION = 0.05
 GROUP = f"planner-{N_ROWS}x{DIM}-f32-r{RATIO:g}"
 CANDIDATES = ("svd", "lp:1", "lp:1.5", "projective:2", "projective:5", "projective:10")
 
@@ -49,12 +49,7 @@ CANDIDATES = ("svd", "lp:1", "lp:1.5", "projective:2", "projective:5", "projecti
 @lru_cache(maxsize=1)
 def table(n_rows: int = N_ROWS, dim: int = DIM) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(SEED)
-    Q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    s = np.arange(1, dim + 1) ** -0.5
-    X = (rng.standard_normal((n_rows, dim)) * s) @ Q.T
-    m = int(OUTLIER_FRACTION * n_rows)
-    rows = rng.choice(n_rows, m, replace=False)
-    X[rows] = 10.0 * np.sqrt(s @ s / dim) * rng.standard_normal((m, dim))
+    X = outlier_table(rng, n_rows, dim)
     counts = np.floor(1e7 / np.arange(1, n_rows + 1) ** 1.1)[rng.permutation(n_rows)]
     return np.ascontiguousarray(X, dtype=np.float32), lpfast.usage_weights(counts)
 

@@ -52,6 +52,7 @@ import lpfast.reference
 from lpfast import _core
 from lpfast._validate import default_eps
 
+from _data import SEED, outlier_table
 from _threads import limit_threads
 from _timing import size
 
@@ -60,8 +61,6 @@ DIMS = (384, 768)
 KS = (64, 128)
 DTYPES = ("float32", "float64")
 P = 1.0
-OUTLIER_FRACTION = 0.05
-SEED = 20240601
 
 FULL = os.environ.get("LPFAST_BENCH_FULL", "") not in ("", "0")
 ITERS = int(os.environ.get("LPFAST_BENCH_ITERS", "3"))
@@ -97,14 +96,7 @@ PARAMS = [pytest.param(c, id=c.id, marks=pytest.mark.benchmark(group=c.id)) for 
 
 @lru_cache(maxsize=1)
 def _table64(d: int) -> np.ndarray:
-    rng = np.random.default_rng(SEED + d)
-    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    s = np.arange(1, d + 1) ** -0.5
-    X = (rng.standard_normal((N_ROWS, d)) * s) @ Q.T
-    m = int(OUTLIER_FRACTION * N_ROWS)
-    rows = rng.choice(N_ROWS, m, replace=False)
-    X[rows] = 10.0 * np.sqrt(s @ s / d) * rng.standard_normal((m, d))
-    return X
+    return outlier_table(np.random.default_rng(SEED + d), N_ROWS, d)
 
 
 @lru_cache(maxsize=2)
