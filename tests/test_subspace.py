@@ -80,10 +80,16 @@ def test_default_eps_matches_reference():
     assert lpfast.lp_subspace(np.zeros((5, 3)), 1, max_iter=1).eps == 1.0
 
 
-def test_subspace_cost_matches_reference():
-    X, B = planted(dtype=np.float64)
-    for p in (1.0, 1.5, 2.0):
-        assert lpfast.subspace_cost(X, B, p) == pytest.approx(ref.subspace_cost(X, B, p), rel=1e-12)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subspace_cost_matches_reference(dtype):
+    X, B = planted(n=700, dtype=dtype)  # more rows than one 256-row block of the kernel
+    w = np.random.default_rng(8).uniform(0.0, 2.0, len(X))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for p in (0.5, 1.0, 1.5, 2.0, 3.0):
+        X64 = X.astype(np.float64)
+        assert lpfast.subspace_cost(X, B, p) == pytest.approx(ref.subspace_cost(X64, B, p), rel=rtol)
+        assert lpfast.subspace_cost(X, B, p, weights=w) == pytest.approx(
+            ref.subspace_cost(X64, B, p, w.astype(dtype)), rel=rtol)
 
 
 def test_distances_accurate_near_subspace():
@@ -112,14 +118,35 @@ def test_history_non_increasing(dtype, p):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_p2_equals_svd(dtype):
-    X = np.random.default_rng(2).standard_normal((200, 15)).astype(dtype)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_p2_equals_svd(dtype, weighted):
+    """p = 2 from the SVD start returns that start, the optimum: no step, one cost."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((200, 15)).astype(dtype)
     X[:, :3] *= 5
-    res = lpfast.lp_subspace(X, 3, 2.0)
-    _, _, Vt = np.linalg.svd(X.astype(np.float64), full_matrices=False)
-    assert projector_distance(res.basis, Vt[:3].T) <= (1e-4 if dtype == np.float32 else 1e-10)
-    assert res.converged and res.n_iter == 1
+    w = rng.uniform(0.2, 3.0, len(X)) if weighted else None
+    seen = []
+    res = lpfast.lp_subspace(X, 3, 2.0, weights=w, callback=lambda i, c: seen.append((i, c)))
+    V, hist, n_iter, conv = ref.lp_subspace(X, 3, 2.0, weights=w)
+    sw = np.ones(len(X)) if w is None else np.sqrt(w)
+    _, _, Vt = np.linalg.svd(sw[:, None] * X.astype(np.float64), full_matrices=False)
+    rtol, _ = TOL[dtype]
+    close = 1e-4 if dtype == np.float32 else 1e-10
+    assert (res.n_iter, res.converged, len(res.history)) == (n_iter, conv, len(hist)) == (0, True, 1)
+    assert projector_distance(res.basis, Vt[:3].T) <= close
+    np.testing.assert_allclose(res.basis, V, atol=close)  # same signs as the reference too
+    assert res.cost == res.history[0] == pytest.approx(hist[0], rel=rtol)
+    assert res.cost == pytest.approx(ref.subspace_cost(X, res.basis, 2.0, w), rel=rtol)
+    assert seen == [(0, res.cost)]
     np.testing.assert_allclose(res.basis.T @ res.basis, np.eye(3), atol=1e-5 if dtype == np.float32 else 1e-12)
+    # Only the SVD start is the optimum: from another start IRLS steps to it.
+    other = lpfast.lp_subspace(X, 3, 2.0, weights=w, init=np.eye(15)[:, 5:8])
+    assert other.n_iter >= 1 and other.converged
+    assert projector_distance(other.basis, res.basis) <= close
+    # A coreset cannot improve on the exact optimum and is not used.
+    core = lpfast.lp_subspace(X, 3, 2.0, weights=w, coreset=50, seed=0)
+    np.testing.assert_array_equal(core.basis, res.basis)
+    assert core.coreset_history is None and core.cost == res.cost
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,4 +1,5 @@
 // Bindings of the lp subspace fit (lpfast/irls.hpp): shape checks, dtype dispatch, GIL.
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -50,14 +51,27 @@ CArray<T> subspace_distances_py(const CArray<T>& X, const CArray<T>& V) {
   const std::int64_t n = X.shape(0), d = X.shape(1), k = V.shape(1);
   expect_dim(V, 0, d, "basis");
   CArray<T> dist(static_cast<py::ssize_t>(n));
-  std::vector<T> row_sq(static_cast<std::size_t>(n));
   T* out = dist.mutable_data();
   const T* x = X.data();
   const T* v = V.data();
   py::gil_scoped_release release;  // raw buffers only
-  lpfast::la::row_squared_norms(x, n, d, row_sq.data());
-  lpfast::la::subspace_distances(x, n, d, row_sq.data(), v, k, out);
+  lpfast::la::subspace_distances(x, n, d, static_cast<const T*>(nullptr), v, k, out);
   return dist;
+}
+
+template <class T>
+double subspace_cost_py(const CArray<T>& X, std::optional<CArray<T>> weights,
+                        const CArray<T>& V, double p) {
+  expect_ndim(X, 2, "X");
+  expect_ndim(V, 2, "basis");
+  const std::int64_t n = X.shape(0), d = X.shape(1), k = V.shape(1);
+  expect_dim(V, 0, d, "basis");
+  if (!(p >= 0.0) || !std::isfinite(p)) throw std::invalid_argument("p: expected p >= 0");
+  const T* w = weights_ptr(weights, n);
+  const T* x = X.data();
+  const T* v = V.data();
+  py::gil_scoped_release release;  // raw buffers only
+  return lpfast::subspace_cost(x, n, d, w, v, k, p);
 }
 
 // The fit. `callback(iteration, cost)` (optional) runs with the GIL re-acquired; it may
@@ -105,6 +119,9 @@ void def_subspace(py::module_& m) {
   m.def("subspace_distances", &subspace_distances_py<T>, py::arg("X").noconvert(),
         py::arg("basis").noconvert(),
         "Distances (n,) of the rows of X to span(basis); basis (d, k) orthonormal.");
+  m.def("subspace_cost", &subspace_cost_py<T>, py::arg("X").noconvert(),
+        py::arg("weights").noconvert(), py::arg("basis").noconvert(), py::arg("p"),
+        "sum_i weights_i * dist(x_i, span(basis))^p, summed in float64, in one pass over X.");
   m.def("lp_subspace_irls", &lp_subspace_irls_py<T>, py::arg("X").noconvert(),
         py::arg("weights").noconvert(), py::arg("init").noconvert(), py::arg("p"),
         py::arg("eps"), py::arg("tol"), py::arg("max_iter"), py::arg("callback"),

@@ -143,6 +143,11 @@ void test_irls_descends() {
       descends &= res.history[i] <= res.history[i - 1] * (1 + tol<T>(n));
     check(descends && res.history.back() < 0.9 * res.history.front(),
           std::string("IRLS cost never increases, ") + name<T>() + ", p = " + std::to_string(p));
+    // The one-pass cost (row norms taken per block) is the fit's own cost, to the bit.
+    const double again = lpfast::subspace_cost<T>(X.data(), n, d, static_cast<const T*>(nullptr),
+                                                  V.data(), k, p);
+    check(again == res.history.back(),
+          std::string("subspace_cost equals the fit's last cost, ") + name<T>());
   }
 }
 

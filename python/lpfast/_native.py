@@ -74,6 +74,11 @@ def subspace_distances(X: Array, basis: Array) -> Array:
     return _core.subspace_distances(X=X, basis=basis)
 
 
+def subspace_cost(X: Array, weights: Optional[Array], basis: Array, p: float) -> float:
+    """sum_i weights_i * ||x_i - V V^T x_i||^p, summed in float64, in one pass over X."""
+    return _core.subspace_cost(X=X, weights=weights, basis=basis, p=p)
+
+
 def lp_subspace_irls(X: Array, weights: Optional[Array], init: Array, p: float, eps: float,
                      tol: float, max_iter: int,
                      callback: Optional[Callable[[int, float], Any]]) -> tuple[Array, list, int, bool]:

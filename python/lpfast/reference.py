@@ -102,7 +102,8 @@ def lp_subspace(X, k, p=1.0, weights=None, max_iter=100, tol=1e-6, eps=None, ini
     omega_i = w_i * max(dist_i, eps)^(p - 2), V <- top-k right singular vectors of
     sqrt(omega) X. After a step from cost c to c': for p > 2 a step with c' > c is rejected
     and the fit stops; otherwise the step is kept and the fit stops (converged) when
-    c - c' <= tol * c. A start cost of 0 is converged at once.
+    c - c' <= tol * c. A start cost of 0 is converged at once, and so is p = 2 from the
+    SVD start (it is the p = 2 optimum).
 
     Returns (V (d, k), history: list of costs, n_iter, converged).
     """
@@ -113,7 +114,7 @@ def lp_subspace(X, k, p=1.0, weights=None, max_iter=100, tol=1e-6, eps=None, ini
     V = weighted_svd_basis(X, w, k) if init is None else np.asarray(init, dtype)
     cost = subspace_cost(X, V, p, w)
     history, n_iter = [cost], 0
-    if cost == 0:
+    if cost == 0 or (p == 2 and init is None):
         return V, history, 0, True
     for it in range(1, max_iter + 1):
         dist = np.maximum(subspace_distances(X, V).astype(np.float64), eps)

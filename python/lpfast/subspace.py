@@ -37,9 +37,11 @@ class LpSubspace:
     cost : float
         ``sum_i w_i * dist(x_i, basis)^p`` at ``basis`` (summed in float64).
     n_iter : int
-        IRLS steps taken (on all of X, after the coreset stage if any).
+        IRLS steps taken (on all of X, after the coreset stage if any); 0 for p = 2 from
+        the ``"svd"`` start, which is already the optimum.
     converged : bool
-        Whether the relative cost decrease fell to ``tol`` (or below) before ``max_iter``.
+        Whether the relative cost decrease fell to ``tol`` (or below) before ``max_iter``
+        (True for p = 2 from the ``"svd"`` start).
     history : ndarray of float64
         Cost of the start basis, then after each step: ``history[-1] == cost``.
     p, eps : float
@@ -136,6 +138,8 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
         and the cost never increases. p = 2 gives the truncated SVD. p > 2 is allowed, but
         IRLS is then no longer guaranteed to descend: a step that would raise the cost is
         rejected and the fit stops at the last improving basis.
+        p = 2 with ``init="svd"`` returns that start as it is: it is the exact optimum
+        (``n_iter`` 0, ``converged`` True, ``history == [cost]``, ``coreset`` unused).
     weights : array_like, shape (n,), optional
         Non-negative per-row weights w (default 1), e.g. token frequencies or coreset
         weights; at least one must be positive. Converted to X's dtype.
@@ -167,7 +171,8 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
     callback : callable(iteration, cost), optional
         Called (with the GIL held) with the start cost (iteration 0) and after every step;
         returning True stops the fit early (``converged`` then stays False). With
-        ``coreset``, it first sees the sample stage's iterations.
+        ``coreset``, it first sees the sample stage's iterations. At p = 2 from the
+        ``"svd"`` start it is called once, with iteration 0 (there is no step to stop).
 
     Returns
     -------
@@ -186,6 +191,9 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
     (n, d) x (d, k) product. Results are deterministic for a given thread count; between
     thread counts they may differ by rounding.
     Stopping: after a step from cost c to c', stop (converged) when ``c - c' <= tol * c``.
+    p = 2 from the ``"svd"`` start: one weighted Gram, its top-k eigenvectors and one
+    distance pass for the cost (n*d^2 + 2*n*d*k flops); an IRLS step would form the same
+    Gram again to return the same basis.
     """
     X = as_matrix(X, "X")  # own float dtype, else float64; tensors viewed
     n, d = X.shape
@@ -203,6 +211,16 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
     if coreset is not None:
         coreset = as_int(coreset, "coreset", low=k)
     as_callable(callback, "callback", "(iteration, cost)")
+
+    if p == 2.0 and start is None:
+        # The weighted PCA basis minimizes the weighted squared distances: nothing to iterate,
+        # and a coreset stage would only approximate what the full Gram gives exactly.
+        basis = _native.weighted_pca(X=X, weights=w, k=k)
+        cost = _native.subspace_cost(X=X, weights=w, basis=basis, p=p)
+        report = _progress(verbose, callback, "")
+        if report is not None:
+            report(0, cost)
+        return LpSubspace(basis, np.array([cost]), 0, True, p, eps, X)
 
     coreset_history = None
     if coreset is not None and coreset < n:
@@ -244,13 +262,11 @@ def subspace_cost(X: Any, basis: Any, p: float = 1.0, *, weights: Any = None) ->
 
     Returns
     -------
-    float (summed in float64).
+    float (summed in float64, in one pass over X: 2*n*d*k flops).
     """
     X = as_matrix(X, "X")
     n, d = X.shape
     V = as_basis(basis, "basis", d, None, X.dtype)
     p = as_float(p, "p", low=0.0)
     w = as_row_weights(weights, n, X.dtype)
-    dist = _native.subspace_distances(X=X, basis=V).astype(np.float64)
-    terms = dist**p
-    return float(terms.sum() if w is None else w.astype(np.float64) @ terms)
+    return _native.subspace_cost(X=X, weights=w, basis=V, p=p)

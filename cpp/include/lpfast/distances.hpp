@@ -90,11 +90,15 @@ void row_squared_norms(const T* X, std::int64_t n, std::int64_t d, T* out) {
 }
 
 // Distances of every row of X to span(V); see subspace_distances_rows. Cost: 2*n*d*k flops
-// (plus 2*m*d*k for the m recomputed rows).
+// (plus 2*m*d*k for the m recomputed rows). row_sq == nullptr: each block's squared row
+// norms are taken just before its distances, while the block is in cache, so a single
+// use (one cost, one set of distances) reads X once instead of twice; the norms are the
+// same expression as row_squared_norms', so the distances are the same to the bit.
 template <class T>
 void subspace_distances(const T* X, std::int64_t n, std::int64_t d, const T* row_sq,
                         const T* V, std::int64_t k, T* dist) {
   if (n == 0) return;
+  std::vector<T> own_sq(row_sq == nullptr ? static_cast<std::size_t>(n) : 0);
   const std::int64_t nb = num_blocks(n);
   const int nt = static_cast<int>(std::min<std::int64_t>(
       threads_for(2.0 * static_cast<double>(n) * d * k, 4.0e6), nb));
@@ -102,9 +106,13 @@ void subspace_distances(const T* X, std::int64_t n, std::int64_t d, const T* row
     DistScratch<T> s;
     const auto [b0, b1] = static_range(nb, tid, team);
     for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t r0 = b * kBlockRows;
-      subspace_distances_rows(X, d, row_sq, V, k, dist, r0, std::min(kBlockRows, n - r0),
-                              recompute_fraction<T>(), s);
+      const std::int64_t r0 = b * kBlockRows, rows = std::min(kBlockRows, n - r0);
+      if (row_sq == nullptr) {
+        for (std::int64_t i = r0; i < r0 + rows; ++i)
+          own_sq[i] = ConstVecMap<T>(X + i * d, d).squaredNorm();
+      }
+      subspace_distances_rows(X, d, row_sq != nullptr ? row_sq : own_sq.data(), V, k, dist,
+                              r0, rows, recompute_fraction<T>(), s);
     }
   });
 }

@@ -72,6 +72,17 @@ double lp_cost_from_distances(const T* dist, const T* w, std::int64_t n, double 
   return total;
 }
 
+// sum_i w_i * dist(x_i, V)^p (w == nullptr: ones) for V (d, k) row-major with orthonormal
+// columns, p >= 0: one pass over X (subspace_distances with the row norms taken per
+// block), summed in double in index order, so it equals the IRLS history's cost of V.
+template <class T>
+double subspace_cost(const T* X, std::int64_t n, std::int64_t d, const T* w, const T* V,
+                     std::int64_t k, double p) {
+  std::vector<T> dist(static_cast<std::size_t>(n));
+  la::subspace_distances(X, n, d, static_cast<const T*>(nullptr), V, k, dist.data());
+  return lp_cost_from_distances(dist.data(), w, n, p);
+}
+
 // sqrt(omega_i) with omega_i = w_i * max(dist_i, eps)^(p - 2), computed in double and
 // scaled so that the largest omega is 1 (a common factor does not change the eigenvectors,
 // and the scaling keeps float32 Grams in range for large p). These are the row scales of
