@@ -227,6 +227,7 @@ void doped_kron_matmul(const T* x, std::int64_t batch, const KronFactors<T>& kp,
   }
   std::vector<T> sx(static_cast<std::size_t>(batch * m));
   const auto bounds = sell_split(S, nt, kron_entries);
+  // A raw region, not parallel_region: it holds a barrier (as doped_kron_team's does).
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), team = team_size();
@@ -258,9 +259,7 @@ void kron_factor_grads(const T* x, const T* dy, std::int64_t batch, const KronFa
       threads_for(flops, 2.0e5), batch)));
   std::vector<Mat> part_a(static_cast<std::size_t>(nt * R), Mat::Zero(kp.m1, kp.n1));
   std::vector<Mat> part_b(static_cast<std::size_t>(nt * R), Mat::Zero(kp.m2, kp.n2));
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int tid = thread_id(), team = team_size();
+  parallel_region(nt, [&](int tid, int team) {
     const auto [b0, b1] = static_range(batch, tid, team);
     Mat q(kp.m1, kp.n2), p(kp.n1, kp.m2);
     for (std::int64_t r = 0; r < R; ++r) {
@@ -277,7 +276,7 @@ void kron_factor_grads(const T* x, const T* dy, std::int64_t batch, const KronFa
         gb.noalias() += p.transpose() * xb;
       }
     }
-  }
+  });
   for (std::int64_t r = 0; r < R; ++r) {
     RowMap<T> ga(dA + r * kp.m1 * kp.n1, kp.m1, kp.n1);
     RowMap<T> gb(dB + r * kp.m2 * kp.n2, kp.m2, kp.n2);
@@ -306,9 +305,7 @@ void csr_sampled_product(const T* dy, const T* x, std::int64_t batch, const CsrV
     dyt = ConstRowMap<T>(dy, batch, rows);
     xt = ConstRowMap<T>(x, batch, cols);
   }
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int tid = thread_id(), team = team_size();
+  parallel_region(nt, [&](int tid, int team) {
     const auto mine = team == nt ? bounds : balanced_row_split(pattern.indptr, rows, team);
     for (std::int64_t i = mine[tid]; i < mine[tid + 1]; ++i) {
       for (I k = pattern.indptr[i]; k < pattern.indptr[i + 1]; ++k) {
@@ -316,7 +313,7 @@ void csr_sampled_product(const T* dy, const T* x, std::int64_t batch, const CsrV
         values[k] = batch == 1 ? dy[i] * x[j] : dyt.col(i).dot(xt.col(j));
       }
     }
-  }
+  });
 }
 
 }  // namespace lpfast

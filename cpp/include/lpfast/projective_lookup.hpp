@@ -203,9 +203,7 @@ void projective_lookup(const ProjectiveTable<T>& tab, const std::int64_t* ids, s
   std::vector<const T*> basis_rows(static_cast<std::size_t>(tab.k * j));
   for (std::int64_t r = 0; r < tab.k * j; ++r) basis_rows[r] = tab.bases + r * d;
   const int nt = threads_for(static_cast<double>(N) * j * d, 2.0e5);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int tid = thread_id(), team = team_size();
+  parallel_region(nt, [&](int tid, int team) {
     const std::int64_t lo = detail::chunk_bound(N, tid, team);
     const std::int64_t hi = detail::chunk_bound(N, tid + 1, team);
     const T* a[detail::kTileR];
@@ -223,7 +221,7 @@ void projective_lookup(const ProjectiveTable<T>& tab, const std::int64_t* ids, s
         detail::axpy_rows_any<T>(rows, a, basis, j, d, o);
       }
     }
-  }
+  });
 }
 
 // Gradients of the lookup for upstream grad (N, d). dcoef (n, j) and dbases (k, j, d) are
@@ -256,6 +254,8 @@ void projective_lookup_backward(const ProjectiveTable<T>& tab, const std::int64_
       grad_rows[q] = grad + tok * d;
     }
   }
+  // A raw region, not parallel_region: the `omp for` below ends in a barrier that a thread
+  // leaving early would never reach; nothing in it allocates or throws.
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), team = team_size();
@@ -295,10 +295,8 @@ void projective_lookup_backward(const ProjectiveTable<T>& tab, const std::int64_
   if (dcoef != nullptr) {
     // Pass 2: rows of dcoef in thread-owned slices of [0, n), tokens added in token order.
     const int nt2 = threads_for(static_cast<double>(n) * j + static_cast<double>(N) * j, 2.0e5);
-#pragma omp parallel num_threads(nt2) if (nt2 > 1)
-    {
-      const int tid = thread_id(), team = team_size();
-      const std::int64_t lo = n * tid / team, hi = n * (tid + 1) / team;
+    parallel_region(nt2, [&](int tid, int team) {
+      const auto [lo, hi] = static_range(n, tid, team);
       std::fill(dcoef + lo * j, dcoef + hi * j, T(0));
       for (std::int64_t t = 0; t < N; ++t) {
         const std::int64_t id = ids[t];
@@ -307,7 +305,7 @@ void projective_lookup_backward(const ProjectiveTable<T>& tab, const std::int64_
         const T* src = per_token.data() + t * j;
         for (std::int64_t l = 0; l < j; ++l) dst[l] += src[l];
       }
-    }
+    });
   }
 }
 
