@@ -130,7 +130,7 @@ def main(rounds: int) -> None:
             print(f"  bound    {what}: {flops / 1e9:.2f} GFLOP at {peak / 1e9:.1f} GFLOP/s = "
                   f"{bound * 1e3:.1f} ms")
             if bound <= budget:
-                print(f"  verdict  fits, with {(budget - bound) * 1e3:.1f} ms left for all the "
+                print(f"  verdict  fits only with {(budget - bound) * 1e3:.1f} ms left for all the "
                       f"rest (NumPy's eigh of the {D} x {D} Gram alone: "
                       f"{t['numpy eigh of the Gram'] * 1e3:.1f} ms)")
             else:
