@@ -11,7 +11,8 @@
 // in order. The kernel is written once over a small SIMD traits class (AVX-512 or AVX2 +
 // FMA). The GEMMs use it with AVX-512 only (small_gemm_serves): their AVX2 speed against
 // Eigen's was not measured; the Gram uses it with AVX2 too (30522 x 384 float32 on a Zen 3
-// core: 82-95 ms against 88-118 ms for Eigen's rank updates, CPU time, loaded machine).
+// core: 82-95 ms against 88-118 ms for Eigen's rank updates, CPU time, loaded machine), and
+// so do the subspace distances (distances.hpp: block_times_basis, measured there).
 #pragma once
 
 #include <algorithm>
