@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+import lpfast
+
 from shared import DTYPES as NP_DTYPES
 from shared import matrix, zipf_counts  # noqa: F401  (re-exported for the torch tests)
 
@@ -22,6 +24,19 @@ DTYPES = list(NP)
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 #: Lookups and small products: the same few multiply-adds as the dense recomputation.
 TIGHT = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+@pytest.fixture
+def one_thread():
+    """lpfast and torch on one thread for the test (restored after): for tiny layers a second
+    thread only adds contention; on a loaded machine spinning thread pools made each step
+    many times slower. Use: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = lpfast.get_num_threads(), torch.get_num_threads()
+    lpfast.set_num_threads(1)
+    torch.set_num_threads(1)
+    yield
+    lpfast.set_num_threads(before[0])
+    torch.set_num_threads(before[1])
 
 
 def linear(n_in=24, n_out=20, dtype=torch.float32, bias=True, seed=0) -> nn.Linear:

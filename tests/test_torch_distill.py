@@ -16,24 +16,14 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-import lpfast  # noqa: E402
-from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert  # noqa: E402
+from _torch_helpers import (SMALL_BERT, bert_batches, one_thread,  # noqa: E402, F401 (a fixture)
+                            tiny_bert)
 from lpfast.torch import (DopedKroneckerLinear, calibrate, compress, distill,  # noqa: E402
                           output_error)
 
 RULES = {"0": "lowrank:4", "2": "doped_kron:2"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny layers: a second thread (torch's or lpfast's) only adds contention; on a loaded
-    # machine spinning thread pools made each step many times slower.
-    before = lpfast.get_num_threads(), torch.get_num_threads()
-    lpfast.set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    lpfast.set_num_threads(before[0])
-    torch.set_num_threads(before[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(dtype=torch.float32):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
 import torch
@@ -150,20 +150,26 @@ def record(original: nn.Module, pairs: list[tuple[str, nn.Module, nn.Module]], i
     return {name: s.rows for name, s in samples.items()}, outputs
 
 
+def summed_error(pairs: Iterable[tuple[Tensor, Tensor]], what: str) -> float:
+    """Relative MSE over all (output, target) pairs of the batches, sums taken first; a shape
+    mismatch names the batch and ``what`` gave the output."""
+    num = den = 0.0
+    for i, (out, target) in enumerate(pairs):
+        if out.shape != target.shape:
+            msg = (f"batches[{i}]: the compressed {what}'s output has shape {tuple(out.shape)}, "
+                   f"the original's {tuple(target.shape)}")
+            raise ValueError(msg)
+        a, b = relative_mse(out, target)
+        num, den = num + a, den + b
+    return ratio(num, den)
+
+
 def model_error(model: nn.Module, items: list, targets: list[Tensor],
                 output_fn: Callable[[Any], Any]) -> float:
     """Relative MSE of ``model``'s outputs against ``targets`` over all batches (eval, no_grad)."""
-    num = den = 0.0
     with eval_mode(model), torch.no_grad():
-        for i, (batch, target) in enumerate(zip(items, targets)):
-            out = output_tensor(output_fn, run_batch(model, batch, i))
-            if out.shape != target.shape:
-                msg = (f"batches[{i}]: the compressed model's output has shape {tuple(out.shape)}, "
-                       f"the original's {tuple(target.shape)}")
-                raise ValueError(msg)
-            a, b = relative_mse(out, target)
-            num, den = num + a, den + b
-    return ratio(num, den)
+        return summed_error(((output_tensor(output_fn, run_batch(model, batch, i)), target)
+                             for i, (batch, target) in enumerate(zip(items, targets))), "model")
 
 
 def same_widths(layer: nn.Module, X: Tensor, Y: Tensor) -> bool:
@@ -185,9 +191,6 @@ def layer_error(layer: nn.Module, X: Tensor, Y: Tensor, chunk: int = 4096) -> fl
     where the layer's widths differ from the original's (see :func:`same_widths`)."""
     if not same_widths(layer, X, Y):
         return math.nan
-    num = den = 0.0
     with eval_mode(layer), torch.no_grad():
-        for s in range(0, X.shape[0], chunk):
-            a, b = relative_mse(layer(X[s:s + chunk]), Y[s:s + chunk])
-            num, den = num + a, den + b
-    return ratio(num, den)
+        return summed_error(((layer(X[s:s + chunk]), Y[s:s + chunk])
+                             for s in range(0, X.shape[0], chunk)), "layer")

@@ -108,3 +108,28 @@ def optimize(next_loss: Callable[[], Tensor], opt: torch.optim.Optimizer, anneal
     for a in annealers:
         a.finalize()
     return stopped
+
+
+def train_only(model: nn.Module, modules: list[nn.Module]) -> None:
+    """``modules`` in training mode (co-matrix dropout of doped layers applies), the rest of
+    ``model`` in eval mode: no dropout noise against targets recorded in eval mode."""
+    model.eval()
+    for m in modules:
+        m.train()
+
+
+def batch_losses(run: Callable[[int], Tensor], targets: list[Tensor],
+                 g: torch.Generator) -> Callable[[], Tensor]:
+    """``next_loss`` for :func:`optimize`: the MSE of ``run(i)`` against ``targets[i]`` over
+    the target's mean square (a relative loss: one lr fits any scale), ``i`` drawn in fresh
+    shuffled passes over the batches from the seeded ``g``."""
+    scales = [float((t.double() ** 2).mean()) or 1.0 for t in targets]
+    order: list[int] = []
+
+    def next_loss() -> Tensor:
+        if not order:
+            order.extend(torch.randperm(len(targets), generator=g).tolist())
+        i = order.pop()
+        return torch.nn.functional.mse_loss(run(i), targets[i]) / scales[i]
+
+    return next_loss

@@ -1,7 +1,7 @@
 """Recovery: train compressed layers to reproduce the original model (knowledge distillation).
 
 ``distill(compressed, original, batches)`` after ``compress(compressed, rules)`` on a copy of
-``original``. Two modes:
+``original``. Three modes:
 
 * ``"layer"`` (default, cheap): each compressed layer learns, alone, to map the inputs the
   ORIGINAL layer saw on the batches to the original layer's outputs (MSE). Original inputs
@@ -9,6 +9,10 @@
   original model serves all layers, and each layer's target stays the one it replaces.
 * ``"end_to_end"``: the parameters of all compressed layers train together (everything else
   frozen) so the compressed model's output matches the original's (MSE).
+* ``"block"`` (``blocks="encoder.layer.*"``): block after block, the compressed layers inside
+  a block learn to map the inputs the compressed model's (already distilled) earlier blocks
+  give it to the original block's output (MSE). Trains layers whose widths changed (FFN
+  pairs pruned by :func:`prune_ffn`), which have no per-layer target. See :mod:`._blocks`.
 
 Doped Kronecker layers (:class:`DopedKroneckerLinear`) whose ``target_density`` (argument or
 layer attribute) is below their density are pruned along a :class:`DensitySchedule` by a
@@ -31,19 +35,20 @@ from torch import Tensor, nn
 from .._validate import as_float, as_int
 from ._recording import (default_output, find_layers, layer_error, model_error, output_tensor,
                          record, same_widths)
+from ._blocks import distill_blocks, find_blocks
 from ._running import Progress, batch_list, check_model, eval_mode, run_batch
-from ._training import Budget, adam, annealers_for, optimize, snapshot
+from ._training import Budget, adam, annealers_for, batch_losses, optimize, snapshot, train_only
 from .kron import DopedKroneckerLinear
 
 __all__ = ["DistillLayerReport", "DistillReport", "distill", "output_error"]
 
-_MODES = ("layer", "end_to_end")
-_DEFAULT_STEPS = {"layer": 300, "end_to_end": 200}
+_MODES = ("layer", "end_to_end", "block")
+_DEFAULT_STEPS = {"layer": 300, "end_to_end": 200, "block": 200}
 #: Relative Adam rates (see _training.adam), tried on the MLP of tests/test_torch_distill.py: the
 #: layer-wise one brings a low-rank layer to its data-aware optimum within the default steps
 #: (test_layerwise_reaches_the_whitened_optimum); end-to-end moves all layers together, so
 #: it takes smaller steps.
-_DEFAULT_LR = {"layer": 0.05, "end_to_end": 0.01}
+_DEFAULT_LR = {"layer": 0.05, "end_to_end": 0.01, "block": 0.01}
 
 
 @dataclass
@@ -158,7 +163,7 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
             steps: Optional[int] = None, time_budget: Optional[float] = None,
             lr: Optional[float] = None, seed: int = 0, progress: bool = True,
             anneal: bool = True, target_density: Any = None, layers: Any = None,
-            output_fn: Optional[Callable[[Any], Any]] = None, max_rows: int = 4096,
+            blocks: Any = None, output_fn: Optional[Callable[[Any], Any]] = None, max_rows: int = 4096,
             batch_rows: int = 256, max_batches: Optional[int] = None) -> DistillReport:
     """Train the compressed layers of ``compressed`` to reproduce ``original``, in place.
 
@@ -171,24 +176,27 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
         The reference; not modified (its training flags are restored).
     batches : iterable of Tensor / tuple / dict
         Model inputs, as for :func:`calibrate`; read once and kept (end-to-end reuses them).
-    mode : "layer" or "end_to_end"
+    mode : "layer", "end_to_end" or "block"
         "layer": each layer alone, on the inputs the ORIGINAL layer saw (one recording
         pass; exact when earlier layers are untouched, else the target each layer replaces).
-        "end_to_end": all compressed layers together on the model's output. See the module
-        docstring. Layers whose widths changed (FFN pairs pruned by :func:`prune_ffn`,
-        named with ``layers=``) have no per-layer target: end-to-end only, their per-layer
-        errors reported as NaN.
+        "end_to_end": all compressed layers together on the model's output. "block": block
+        after block (``blocks=``), the compressed layers inside it on the block's output,
+        fed what the compressed model's earlier blocks give it. See the module docstring.
+        Layers whose widths changed (FFN pairs pruned by :func:`prune_ffn`) have no
+        per-layer target: "block" or "end_to_end" only, the latter reporting their per-layer
+        errors as NaN.
     steps : int >= 0, optional
-        Adam steps per layer ("layer", default 300) or in all ("end_to_end", default 200);
-        with only ``time_budget`` given, no step limit.
+        Adam steps per layer ("layer", default 300), per block ("block", default 200; one
+        batch each) or in all ("end_to_end", default 200); with only ``time_budget`` given,
+        no step limit.
     time_budget : float seconds, optional
         Training stops at whichever of ``steps`` and the time since the call began comes
-        first ("layer": each layer gets an equal share of what is left). The final
+        first ("layer" / "block": each layer / block gets an equal share of what is left). The final
         evaluation pass comes on top.
     lr : float, optional
         Relative Adam learning rate: each parameter tensor steps by ``lr * rms(tensor)``
         (one value suits layers of any scale), decayed to 0 along a cosine; default 0.05
-        ("layer") or 0.01 ("end_to_end").
+        ("layer") or 0.01 ("end_to_end", "block").
     seed : int
         Seeds the row sample, the minibatch draws and (scoped, restored after) torch's
         global RNG (co-matrix dropout): the same seed gives the same parameters.
@@ -201,7 +209,14 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
         if any; none: S keeps its pattern and only its values train).
     layers : list of str, optional
         Names of the layers to train (default: every submodule whose type differs from the
-        nn.Linear / nn.Embedding at the same name in ``original``).
+        nn.Linear / nn.Embedding at the same name in ``original``; in "block" mode also one
+        of the same type whose weight shape differs, as :func:`prune_ffn` leaves them).
+    blocks : str or list of str, "block" mode only
+        Names or fnmatch patterns of the blocks, e.g. ``"encoder.layer.*"``: submodules of
+        both models, none inside another, trained in model order; each must hold a layer to
+        train. A block's output is its first floating tensor output (B, T, d), matched in
+        full (padded positions too). Report rows are blocks (``rows``: output rows B·T),
+        their relative errors on the inputs the compressed model gave them when training.
     output_fn : callable(output) -> Tensor, optional
         The tensor to match; default the output itself, its ``.last_hidden_state``, or the
         first floating tensor of a tuple/dict.
@@ -221,18 +236,27 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
 
     Complexity: one forward pass of each model over ``batches`` to record and two to
     evaluate, plus ``steps`` layer (or model) forward/backward passes per layer ("layer":
-    ``batch_rows`` rows each; "end_to_end": one batch each). Memory: ``max_rows`` input rows
-    per layer and the original's outputs on every batch.
+    ``batch_rows`` rows each; "end_to_end": one batch each). "block": per block i, a pass
+    of each model over ``batches`` stopped at the block (cost up to block i), ``steps``
+    forward/backward passes of the block alone on one batch each and two of it to evaluate;
+    memory: that block's inputs (args and kwargs) and original outputs on every batch.
+    Memory: ``max_rows`` input rows per layer and the original's outputs on every batch.
 
     Raises
     ------
     TypeError / ValueError
         Models that are not nn.Modules or are the same object, no compressed layer found,
-        an empty batch list, a layer name missing from either model, bad budgets; a batch
+        an empty batch list, a layer name missing from either model, bad budgets, ``blocks``
+        without mode "block" (or the reverse), naming no module, nesting, or holding no
+        compressed layer, ``layers`` outside the blocks; a batch
         the model fails on re-raises its error naming the batch.
     """
     steps, time_budget, lr, max_rows, batch_rows = _check(
         compressed, original, mode, steps, time_budget, lr, seed, max_rows, batch_rows)
+    if (mode == "block") != (blocks is not None):
+        msg = ("blocks: required with mode='block' (e.g. blocks='encoder.layer.*')" if blocks is None
+               else f"blocks: only for mode='block', got mode={mode!r}")
+        raise ValueError(msg)
     t0 = time.perf_counter()
     output_fn = default_output if output_fn is None else output_fn
     if not callable(output_fn):
@@ -242,7 +266,11 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
     if not items:
         msg = "batches: empty (distillation needs input batches)"
         raise ValueError(msg)
-    pairs = find_layers(compressed, original, layers)
+    if mode == "block":
+        found = find_blocks(compressed, original, blocks, layers)
+        pairs = [(n, m, None) for _, _, mine in found for n, m in mine]
+    else:
+        pairs = find_layers(compressed, original, layers)
     targets = _targets(target_density, pairs) if anneal else {}
     g = torch.Generator().manual_seed(int(seed))
     report = DistillReport(mode)
@@ -252,35 +280,16 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
             torch.manual_seed(int(seed))
             for p in original.parameters():
                 p.requires_grad_(False)
-            rows, outputs = record(original, pairs, items, output_fn, max_rows, g, progress)
-            ys = {}
-            with torch.no_grad():
-                for name, _, orig in pairs:
-                    ys[name] = orig(rows[name]).detach()
+            rows, outputs = record(original, [] if mode == "block" else pairs, items, output_fn,
+                                   max_rows, g, progress)
             report.output_error_before = model_error(compressed, items, outputs, output_fn)
-            for name, layer, _ in pairs:
-                report.layers.append(DistillLayerReport(
-                    name, type(layer).__name__, rows[name].shape[0],
-                    layer_error(layer, rows[name], ys[name]), math.nan,
-                    density_before=getattr(layer, "density", None)
-                    if isinstance(layer, DopedKroneckerLinear) else None))
-            if mode == "layer":
-                reshaped = [n for n, layer, _ in pairs if not same_widths(layer, rows[n], ys[n])]
-                if reshaped:
-                    msg = (f"layers {reshaped}: their input/output widths differ from the "
-                           "original layers' (e.g. pruned FFN pairs), so they have no per-layer "
-                           "target; use mode='end_to_end'")
-                    raise ValueError(msg)
-                _layerwise(pairs, rows, ys, report, targets, steps=steps, deadline=time_budget,
-                           t0=t0, lr=lr, batch_rows=batch_rows, g=g, progress=progress)
+            kw = dict(steps=steps, deadline=time_budget, t0=t0, lr=lr, g=g, progress=progress)
+            if mode == "block":
+                distill_blocks(compressed, original, found, items, report, DistillLayerReport,
+                               targets, **kw)
             else:
-                _end_to_end(compressed, pairs, items, outputs, output_fn, report, targets,
-                            steps=steps, deadline=time_budget, t0=t0, lr=lr, g=g,
-                            progress=progress)
-            for r, (name, layer, _) in zip(report.layers, pairs):
-                r.error_after = layer_error(layer, rows[name], ys[name])
-                if isinstance(layer, DopedKroneckerLinear):
-                    r.density_after = layer.density
+                _per_layer(compressed, pairs, rows, items, outputs, output_fn, report, targets,
+                           mode=mode, batch_rows=batch_rows, **kw)
             compressed.eval()
             report.output_error_after = model_error(compressed, items, outputs, output_fn)
     finally:
@@ -289,6 +298,33 @@ def distill(compressed: nn.Module, original: nn.Module, batches: Any, *, mode: s
         compressed.eval()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _per_layer(compressed, pairs, rows, items, outputs, output_fn, report, targets, *, mode,
+               batch_rows, **kw) -> None:
+    """Modes "layer" and "end_to_end": one report row per layer, on its recorded rows."""
+    with torch.no_grad():
+        ys = {name: orig(rows[name]).detach() for name, _, orig in pairs}
+    for name, layer, _ in pairs:
+        report.layers.append(DistillLayerReport(
+            name, type(layer).__name__, rows[name].shape[0],
+            layer_error(layer, rows[name], ys[name]), math.nan,
+            density_before=getattr(layer, "density", None)
+            if isinstance(layer, DopedKroneckerLinear) else None))
+    if mode == "layer":
+        reshaped = [n for n, layer, _ in pairs if not same_widths(layer, rows[n], ys[n])]
+        if reshaped:
+            msg = (f"layers {reshaped}: their input/output widths differ from the original "
+                   "layers' (e.g. pruned FFN pairs), so they have no per-layer target; use "
+                   "mode='block' or mode='end_to_end'")
+            raise ValueError(msg)
+        _layerwise(pairs, rows, ys, report, targets, batch_rows=batch_rows, **kw)
+    else:
+        _end_to_end(compressed, pairs, items, outputs, output_fn, report, targets, **kw)
+    for r, (name, layer, _) in zip(report.layers, pairs):
+        r.error_after = layer_error(layer, rows[name], ys[name])
+        if isinstance(layer, DopedKroneckerLinear):
+            r.density_after = layer.density
 
 
 def _layerwise(pairs, rows, ys, report, targets, *, steps, deadline, t0, lr, batch_rows, g,
@@ -329,23 +365,11 @@ def _end_to_end(compressed, pairs, items, outputs, output_fn, report, targets, *
     doped = [(layer, targets[name]) for name, layer, _ in pairs if name in targets]
     annealers = annealers_for([m for m, _ in doped], [t for _, t in doped], budget)
     opt = adam(mods, lr)
-    scales = [float((o.double() ** 2).mean()) or 1.0 for o in outputs]
     before = snapshot(mods)
     start = time.perf_counter()
-    # The rest of the model stays in eval mode (no dropout noise against eval targets); the
-    # compressed layers train (co-matrix dropout of doped layers applies).
-    compressed.eval()
-    for m in mods:
-        m.train()
-    order: list[int] = []
-
-    def next_loss() -> Tensor:
-        if not order:  # a fresh shuffled pass over the batches, drawn from the seed
-            order.extend(torch.randperm(len(items), generator=g).tolist())
-        i = order.pop()
-        out = output_tensor(output_fn, run_batch(compressed, items[i], i))
-        return torch.nn.functional.mse_loss(out, outputs[i]) / scales[i]
-
+    train_only(compressed, mods)
+    next_loss = batch_losses(
+        lambda i: output_tensor(output_fn, run_batch(compressed, items[i], i)), outputs, g)
     bar = Progress(progress, "distill (end_to_end)", steps if deadline is None else None)
     try:
         stopped = optimize(next_loss, opt, annealers, budget, bar, "")
