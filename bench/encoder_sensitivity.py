@@ -30,18 +30,15 @@ import torch
 import pretrained_encoder as pe
 
 
-def damage(st, original, model, sents, ref) -> float:
+def damage(st, model, sents, ref) -> float:
     return 1.0 - pe.quality(ref, pe.embed(st, model, sents))["mean_cos"]
 
 
 def pruned(original, grams, pairs, kept: int):
     """A copy of ``original`` with the FFN pairs in ``pairs`` pruned to ``kept`` units."""
     model = copy.deepcopy(original)
-    for n1, n2 in pairs:
-        l1, l2 = model.get_submodule(n1), model.get_submodule(n2)
-        new1, new2 = pe.prune_pair(l1, l2, grams[n2], l1.out_features / kept)
-        pe._set(model, n1, new1)
-        pe._set(model, n2, new2)
+    hidden = model.get_submodule(pairs[0][0]).out_features
+    pe.compress_ffn(model, grams, pairs, hidden / kept, "prune")
     return model
 
 
@@ -62,12 +59,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     widths = sorted(args.kept)
     table = {}
     for li, pair in enumerate(pairs):
-        table[li] = [damage(st, original, pruned(original, grams, [pair], k), sub, ref)
+        table[li] = [damage(st, pruned(original, grams, [pair], k), sub, ref)
                      for k in widths]
         print(f"layer {li}: " + ", ".join(f"kept {k}: {d:.5f}" for k, d in zip(widths, table[li])),
               file=sys.stderr, flush=True)
     mid = widths[len(widths) // 2]
-    all_mid = damage(st, original, pruned(original, grams, pairs, mid), sub, ref)
+    all_mid = damage(st, pruned(original, grams, pairs, mid), sub, ref)
     cmd = "python bench/encoder_sensitivity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"`{cmd}`\n")
     print("| layer | " + " | ".join(f"kept {k}" for k in widths) + " |")

@@ -69,5 +69,5 @@ def test_sensitivity_prunes_only_the_named_layers():
     assert model.encoder.layer[1].output.dense.in_features == 384
     sents = cal[40:56]
     ref = pe.embed(st, original, sents)
-    assert es.damage(st, original, original, sents, ref) < 1e-6
-    assert 0 < es.damage(st, original, model, sents, ref) < 0.5
+    assert es.damage(st, original, sents, ref) < 1e-6
+    assert 0 < es.damage(st, model, sents, ref) < 0.5
