@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .._validate import as_int
+from ..._validate import as_int
 
 
 class _HookError(Exception):

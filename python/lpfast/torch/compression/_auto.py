@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import plan_compression, usage_weights
-from ._checks import compression_ratio
+from ... import plan_compression, usage_weights
+from .._checks import compression_ratio
 from ._registry import PROGRESS
 from ._rules import exact_ratio, sequence, spec_keys, too_small, weight_budget
 from ._select import select, wants_selection
-from .lowrank import LowRankEmbedding, LowRankLinear
-from .projective import ProjectiveEmbedding
-from .row_doped import RowDopedEmbedding, RowDopedLinear
+from ..layers.lowrank import LowRankEmbedding, LowRankLinear
+from ..layers.projective import ProjectiveEmbedding
+from ..layers.row_doped import RowDopedEmbedding, RowDopedLinear
 
 __all__ = ["auto"]
 

@@ -13,15 +13,15 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from .. import DopedKronecker
-from .._validate import as_float, as_int
-from ._checks import RatioTooSmall
+from ... import DopedKronecker
+from ..._validate import as_float, as_int
+from .._checks import RatioTooSmall
 from ._rules import budget, exact_ratio, spec_keys, too_small, weight_budget
 from ._stats import stats_of
-from .calibrated import fit_linear, params_for_ratio
-from .kron import DopedKroneckerLinear
-from .lowrank import LowRankEmbedding, LowRankLinear
-from .projective import ProjectiveEmbedding
+from .linear import fit_linear, params_for_ratio
+from ..layers.kron import DopedKroneckerLinear
+from ..layers.lowrank import LowRankEmbedding, LowRankLinear
+from ..layers.projective import ProjectiveEmbedding
 
 __all__ = ["doped_kron", "lowrank", "lowrank_sparse", "projective"]
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Union
 import numpy as np
 from torch import nn
 
-from ._checks import compression_ratio
+from .._checks import compression_ratio
 from ._registry import METHODS
 
 __all__ = ["Rules", "budget", "exact_ratio", "n_params", "normalize_rules", "parse_rule", "sequence",

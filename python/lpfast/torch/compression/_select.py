@@ -32,9 +32,9 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from .._validate import as_float, as_int
+from ..._validate import as_float, as_int
 from . import _methods
-from ._checks import compression_ratio
+from .._checks import compression_ratio
 from ._registry import PROGRESS, TIMER
 from ._rules import n_params, sequence
 from ._stats import output_error, stats_of

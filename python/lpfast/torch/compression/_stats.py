@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import calibration_error
-from .._gram import as_gram
+from ... import calibration_error
+from ..._gram import as_gram
 from ._registry import STATS
-from .calibrate import Calibration, LayerStats
+from ..calibration.calibrate import Calibration, LayerStats
 
 __all__ = ["InputStats", "input_stats", "output_error", "stats_of"]
 

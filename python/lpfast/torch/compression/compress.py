@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from . import _auto, _methods
-from ._registry import METHODS, PROGRESS, STATS, TIMER, Method, register_method  # noqa: F401 (Method: the old path)
+from ._registry import METHODS, PROGRESS, STATS, TIMER, register_method
 from ._rules import Rules, n_params, normalize_rules, parse_rule
 from ._stats import InputStats, input_stats, output_error
 from .report import CompressionReport, LayerReport, n_indices, relative_error, weight_of

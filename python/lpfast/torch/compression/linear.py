@@ -15,10 +15,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .._validate import as_float, as_int, as_shape2
-from .kron import DopedKroneckerLinear
-from .lowrank import LowRankLinear
-from .lowrank_sparse import LowRankSparseLinear
+from ..._validate import as_float, as_int, as_shape2
+from ..layers.kron import DopedKroneckerLinear
+from ..layers.lowrank import LowRankLinear
+from ..layers.lowrank_sparse import LowRankSparseLinear
 
 __all__ = ["METHODS", "fit_linear", "params_for_ratio"]
 
@@ -148,7 +148,7 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
         params.update(chosen)
     bias = linear.bias is not None
     if method == "lowrank":
-        from ..calibrated import lowrank_fit
+        from ...calibrated import lowrank_fit
 
         U, V = lowrank_fit(W, **params, **stats)
         layer = LowRankLinear(in_f, out_f, U.shape[1], bias=bias, dtype=weight.dtype)
@@ -157,14 +157,14 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
             layer.V.copy_(torch.from_numpy(V))
         approx = (U, V)
     elif method == "lowrank_sparse":
-        from ..calibrated import lowrank_sparse_fit
+        from ...calibrated import lowrank_sparse_fit
 
         op = lowrank_sparse_fit(W, **params, **stats)
         layer = LowRankSparseLinear(in_f, out_f, op.rank, 0.0, bias=bias, dtype=weight.dtype)
         layer.load_operator_(op)
         approx = op
     else:
-        from ..calibrated_kron import doped_kp_fit_calibrated
+        from ...calibrated_kron import doped_kp_fit_calibrated
 
         a_shape, b_shape = params.pop("a_shape", None), params.pop("b_shape", None)
         if a_shape is None or b_shape is None:
@@ -180,7 +180,7 @@ def fit_linear(linear: nn.Linear, method: str, *, input_gram: Any = None,
     if bias:
         with torch.no_grad():
             layer.bias.copy_(linear.bias)
-    from ..calibrated import calibration_error
+    from ...calibrated import calibration_error
 
     layer.fit_info = {"method": method, **{k: v for k, v in params.items() if k != "start"},
                       "calibration_error": calibration_error(W, approx, **stats, relative=True)}
@@ -191,7 +191,7 @@ def _kron_start(linear: nn.Linear, ratio: float, rank: Any, n_iter: Any):
     """The weights-only fit ``DopedKroneckerLinear.from_linear`` makes for this ratio (its
     factor-shape search), as a bias-free ``lpfast.DopedKronecker``: the start of the
     calibrated fit, which thus searches the shapes only once."""
-    from ..kron import DopedKronecker
+    from ...kron import DopedKronecker
 
     fit = {} if n_iter is None else {"n_iter": n_iter}
     op = DopedKroneckerLinear.from_linear(linear, ratio=ratio, rank=rank, **fit).to_operator()

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..hidden_prune import hidden_keep_count, prune_hidden_units
-from .._validate import as_float
-from ._running import check_model
-from .calibrate import Calibration
+from ...hidden_prune import hidden_keep_count, prune_hidden_units
+from ..._validate import as_float
+from ..calibration._running import check_model
+from ..calibration.calibrate import Calibration
 
 __all__ = ["PairReport", "PruneReport", "ffn_pairs", "prune_ffn", "resolve_pairs"]
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._recording import LAYER_TYPES, default_output, find_layers, output_tensor, summed_error
-from ._running import Progress, eval_mode, removing, run_batch
+from ..calibration._running import Progress, eval_mode, removing, run_batch
 from ._training import Budget, adam, annealers_for, batch_losses, optimize, snapshot, train_only
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ._running import Progress, eval_mode, first_input, removing, run_batch
+from ..calibration._running import Progress, eval_mode, first_input, removing, run_batch
 
 #: Original layer types whose input rows distill knows how to flatten and replay.
 LAYER_TYPES = (nn.Linear, nn.Embedding)

@@ -12,9 +12,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ._running import Progress
-from .annealing import DensitySchedule, SparsityAnnealer
-from .kron import DopedKroneckerLinear
+from ..calibration._running import Progress
+from ..layers.annealing import DensitySchedule, SparsityAnnealer
+from ..layers.kron import DopedKroneckerLinear
 
 #: Annealing reaches the target density at this fraction of the budget; the rest recovers.
 _ANNEAL_END = 0.75

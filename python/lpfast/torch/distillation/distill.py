@@ -32,13 +32,13 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .._validate import as_float, as_int
+from ..._validate import as_float, as_int
 from ._recording import (default_output, find_layers, layer_error, model_error, output_tensor,
                          record, same_widths)
 from ._blocks import distill_blocks, find_blocks
-from ._running import Progress, batch_list, check_model, eval_mode, run_batch
+from ..calibration._running import Progress, batch_list, check_model, eval_mode, run_batch
 from ._training import Budget, adam, annealers_for, batch_losses, optimize, snapshot, train_only
-from .kron import DopedKroneckerLinear
+from ..layers.kron import DopedKroneckerLinear
 
 __all__ = ["DistillLayerReport", "DistillReport", "distill", "output_error"]
 

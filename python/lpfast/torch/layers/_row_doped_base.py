@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import RowDoped, row_doped_fit
-from .._validate import as_float, as_int
-from ._checks import compression_ratio, layer_dtype
-from .ops import projective_lookup
+from ... import RowDoped, row_doped_fit
+from ..._validate import as_float, as_int
+from .._checks import compression_ratio, layer_dtype
+from ..ops import projective_lookup
 
 __all__ = ["RowDopedBase", "fit_budget"]
 

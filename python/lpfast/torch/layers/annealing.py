@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Union
 
 from torch import nn
 
-from .._validate import as_float, as_int
+from ..._validate import as_float, as_int
 from .kron import DopedKroneckerLinear
 
 __all__ = ["DensitySchedule", "SparsityAnnealer"]

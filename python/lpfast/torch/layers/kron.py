@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import DopedKronecker, doped_kp_fit
-from .._validate import as_factor_shapes, as_float, as_int, as_shape2
-from ._checks import check_input, check_module, layer_dtype
-from ._eager import plain_inference
-from .ops import doped_kp_matmul
+from ... import DopedKronecker, doped_kp_fit
+from ..._validate import as_factor_shapes, as_float, as_int, as_shape2
+from .._checks import check_input, check_module, layer_dtype
+from .._eager import plain_inference
+from ..ops import doped_kp_matmul
 
 __all__ = ["DopedKroneckerLinear", "co_matrix_dropout"]
 

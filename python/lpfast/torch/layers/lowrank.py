@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import lp_subspace
-from .._validate import as_float, as_int
-from ._checks import (check_embedding, check_indices, check_input, check_module, embedding_shape,
+from ... import lp_subspace
+from ..._validate import as_float, as_int
+from .._checks import (check_embedding, check_indices, check_input, check_module, embedding_shape,
                       layer_dtype)
 
 __all__ = ["LowRankEmbedding", "LowRankLinear"]

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from .._validate import as_float
+from ..._validate import as_float
 from .lowrank import LowRankLinear
 
 __all__ = ["LowRankSparseLinear"]
@@ -99,7 +99,7 @@ class LowRankSparseLinear(LowRankLinear):
 
     def to_operator(self):
         """The layer as an immutable NumPy ``lpfast.LowRankSparse`` (bias included)."""
-        from ..calibrated import LowRankSparse
+        from ...calibrated import LowRankSparse
 
         S = (self.S_crow_indices.numpy(), self.S_col_indices.numpy(), self.S_values.detach().numpy())
         bias = None if self.bias is None else self.bias.detach().numpy()

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import k_subspaces
-from .._validate import as_int
-from ._checks import check_embedding, check_indices, embedding_shape, layer_dtype
-from .ops import projective_lookup
+from ... import k_subspaces
+from ..._validate import as_int
+from .._checks import check_embedding, check_indices, embedding_shape, layer_dtype
+from ..ops import projective_lookup
 
 __all__ = ["ProjectiveEmbedding"]
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validate import as_int
-from ._checks import check_embedding, check_indices, check_input, check_module, embedding_shape
+from ..._validate import as_int
+from .._checks import check_embedding, check_indices, check_input, check_module, embedding_shape
 from ._row_doped_base import RowDopedBase
 
 __all__ = ["RowDopedEmbedding", "RowDopedLinear"]
