@@ -9,14 +9,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-
-from torch import nn  # noqa: E402
-
-import lpfast.torch as lt  # noqa: E402
-from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert  # noqa: E402
-from lpfast.torch import Calibration, calibrate  # noqa: E402
+import lpfast.torch as lt
+from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert
+from lpfast.torch import Calibration, calibrate
 
 
 def mlp(dtype=torch.float32, seed=0):

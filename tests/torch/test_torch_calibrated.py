@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-
-import lpfast  # noqa: E402
-from lpfast.torch import (  # noqa: E402
+import torch
+import lpfast
+from lpfast.torch import (
     DopedKroneckerLinear,
     LowRankLinear,
     LowRankSparseLinear,

@@ -13,16 +13,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
+import lpfast.torch as lt
+from lpfast.torch import compress, parse_rule
+from lpfast.torch.compression.compress import METHODS, register_method
 
-from torch import nn  # noqa: E402
-
-import lpfast.torch as lt  # noqa: E402
-from lpfast.torch import compress, parse_rule  # noqa: E402
-from lpfast.torch.compress import METHODS, register_method  # noqa: E402
-
-from _torch_helpers import DTYPES, Tiny, check_report_exact, n_params, tiny_bert  # noqa: E402
+from _torch_helpers import DTYPES, Tiny, check_report_exact, n_params, tiny_bert
 
 
 # -- small models --------------------------------------------------------------------------

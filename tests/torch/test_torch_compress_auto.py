@@ -12,17 +12,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
+import lpfast
+import lpfast.torch as lt
+from lpfast.torch import RowDopedEmbedding, RowDopedLinear, compress
+from lpfast.torch.compression.compress import METHODS
 
-from torch import nn  # noqa: E402
-
-import lpfast  # noqa: E402
-import lpfast.torch as lt  # noqa: E402
-from lpfast.torch import RowDopedEmbedding, RowDopedLinear, compress  # noqa: E402
-from lpfast.torch.compress import METHODS  # noqa: E402
-
-from _torch_helpers import Tiny, check_report_exact, tiny_bert, zipf_counts  # noqa: E402
+from _torch_helpers import Tiny, check_report_exact, tiny_bert, zipf_counts
 
 
 # -- models --------------------------------------------------------------------------------

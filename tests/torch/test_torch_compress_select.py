@@ -16,17 +16,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
+import lpfast.torch as lt
+from lpfast.torch import compress, parse_rule
+from lpfast.torch.compression._timing import interleaved_latency
+from lpfast.torch.compression.frontier import frontier
 
-from torch import nn  # noqa: E402
-
-import lpfast.torch as lt  # noqa: E402
-from lpfast.torch import compress, parse_rule  # noqa: E402
-from lpfast.torch._timing import interleaved_latency  # noqa: E402
-from lpfast.torch.frontier import frontier  # noqa: E402
-
-from _torch_helpers import DTYPES, n_params  # noqa: E402
+from _torch_helpers import DTYPES, n_params
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 

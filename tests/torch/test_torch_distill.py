@@ -11,14 +11,12 @@ import copy
 import math
 
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-
-from torch import nn  # noqa: E402
-
-from _torch_helpers import (SMALL_BERT, bert_batches, one_thread,  # noqa: E402, F401 (a fixture)
+from _torch_helpers import (SMALL_BERT, bert_batches, one_thread,  # noqa: F401 (a fixture)
                             tiny_bert)
-from lpfast.torch import (DopedKroneckerLinear, calibrate, compress, distill,  # noqa: E402
+from lpfast.torch import (DopedKroneckerLinear, calibrate, compress, distill,
                           output_error)
 
 RULES = {"0": "lowrank:4", "2": "doped_kron:2"}

@@ -10,12 +10,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-torch = pytest.importorskip("torch")
-
-from _torch_helpers import (SMALL_BERT, bert_batches, one_thread,  # noqa: E402, F401 (a fixture)
+import torch
+from _torch_helpers import (SMALL_BERT, bert_batches, one_thread,  # noqa: F401 (a fixture)
                             tiny_bert)
-from lpfast.torch import calibrate, compress, distill, ffn_pairs, output_error, prune_ffn  # noqa: E402
+from lpfast.torch import calibrate, compress, distill, ffn_pairs, output_error, prune_ffn
 
 BLOCKS = "encoder.layer.*"
 

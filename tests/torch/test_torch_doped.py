@@ -17,15 +17,13 @@ import io
 
 import numpy as np
 import pytest
+import torch
+import lpfast
+import lpfast.torch as lt
+from lpfast._validate import RatioTooSmall
+from lpfast.torch import DensitySchedule, DopedKroneckerLinear, SparsityAnnealer
 
-torch = pytest.importorskip("torch")
-
-import lpfast  # noqa: E402
-import lpfast.torch as lt  # noqa: E402
-from lpfast._validate import RatioTooSmall  # noqa: E402
-from lpfast.torch import DensitySchedule, DopedKroneckerLinear, SparsityAnnealer  # noqa: E402
-
-from _torch_helpers import DTYPES, TIGHT, linear, roundtrip_state_dict  # noqa: E402
+from _torch_helpers import DTYPES, TIGHT, linear, roundtrip_state_dict
 
 
 # -- state_dict ----------------------------------------------------------------------------

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-
-import lpfast  # noqa: E402
-from lpfast.torch import (  # noqa: E402
+import torch
+import lpfast
+from lpfast.torch import (
     DensitySchedule,
     DopedKroneckerLinear,
     LowRankEmbedding,
@@ -28,7 +26,7 @@ from lpfast.torch import (  # noqa: E402
     SparsityAnnealer,
 )
 
-from _torch_helpers import DTYPES, TOL, embedding, linear, roundtrip_state_dict  # noqa: E402
+from _torch_helpers import DTYPES, TOL, embedding, linear, roundtrip_state_dict
 
 
 def layers(dtype) -> dict[str, torch.nn.Module]:

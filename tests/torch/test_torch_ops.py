@@ -16,13 +16,11 @@ import itertools
 import os
 
 import pytest
+import torch
+import lpfast.torch as lt
+from lpfast.torch import doped_kp_matmul
 
-torch = pytest.importorskip("torch")
-
-import lpfast.torch as lt  # noqa: E402
-from lpfast.torch import doped_kp_matmul  # noqa: E402
-
-from _torch_helpers import DTYPES, TOL  # noqa: E402
+from _torch_helpers import DTYPES, TOL
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 

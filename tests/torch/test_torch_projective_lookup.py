@@ -15,16 +15,15 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+import lpfast
+from lpfast.torch import ProjectiveEmbedding
+from lpfast.torch.ops import projective_lookup
 
-import lpfast  # noqa: E402
-from lpfast.torch import ProjectiveEmbedding  # noqa: E402
-from lpfast.torch.ops import projective_lookup  # noqa: E402
-
-from _torch_helpers import DTYPES  # noqa: E402
-from _torch_helpers import TIGHT as TOL  # noqa: E402
+from _torch_helpers import DTYPES
+from _torch_helpers import TIGHT as TOL
 
 
 def table(n=50, j=5, k=3, d=37, dtype=torch.float64, seed=0):

@@ -11,15 +11,13 @@ import io
 
 import numpy as np
 import pytest
+import torch
+from scipy.special import erf
+from torch import nn
 
-torch = pytest.importorskip("torch")
-
-from scipy.special import erf  # noqa: E402
-from torch import nn  # noqa: E402
-
-import lpfast  # noqa: E402
-from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert  # noqa: E402
-from lpfast.torch import calibrate, ffn_pairs, prune_ffn  # noqa: E402
+import lpfast
+from _torch_helpers import SMALL_BERT, bert_batches, tiny_bert
+from lpfast.torch import calibrate, ffn_pairs, prune_ffn
 
 D, H, BLOCKS = 12, 48, 2
 PAIRS = {"blocks.*.0": "blocks.{}.2"}

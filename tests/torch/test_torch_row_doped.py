@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
+import lpfast
+from lpfast.torch import RowDopedEmbedding, RowDopedLinear
 
-from torch import nn  # noqa: E402
-
-import lpfast  # noqa: E402
-from lpfast.torch import RowDopedEmbedding, RowDopedLinear  # noqa: E402
-
-from _torch_helpers import DTYPES, NP, matrix, roundtrip_state_dict  # noqa: E402
-from _torch_helpers import TIGHT as TOL  # noqa: E402
+from _torch_helpers import DTYPES, NP, matrix, roundtrip_state_dict
+from _torch_helpers import TIGHT as TOL
 
 N, D = 120, 12
 FITS = {"svd": {}, "lp": {"p": 1.0}, "projective": {"n_subspaces": 3, "seed": 0, "n_init": 2}}

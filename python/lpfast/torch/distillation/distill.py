@@ -44,7 +44,7 @@ __all__ = ["DistillLayerReport", "DistillReport", "distill", "output_error"]
 
 _MODES = ("layer", "end_to_end", "block")
 _DEFAULT_STEPS = {"layer": 300, "end_to_end": 200, "block": 200}
-#: Relative Adam rates (see _training.adam), tried on the MLP of tests/test_torch_distill.py: the
+#: Relative Adam rates (see _training.adam), tried on the MLP of tests/torch/test_torch_distill.py: the
 #: layer-wise one brings a low-rank layer to its data-aware optimum within the default steps
 #: (test_layerwise_reaches_the_whitened_optimum); end-to-end moves all layers together, so
 #: it takes smaller steps.
