@@ -1,4 +1,4 @@
-"""Running a model over calibration batches: shared by :mod:`.calibrate` and :mod:`.distill`.
+"""Running a model over calibration batches: shared by :mod:`.calibrate`, distillation and pruning.
 
 Internal. A batch is what a data loader or a tokenizer hands out: a Tensor (one positional
 argument), a tuple/list (positional arguments) or a mapping (keyword arguments, e.g. a
