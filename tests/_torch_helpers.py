@@ -1,4 +1,5 @@
-"""Shared helpers of the torch tests (import after ``pytest.importorskip("torch")``):
+"""Shared helpers of the torch tests (tests/torch/, whose conftest skips without torch,
+and the command line's in test_cli.py):
 dtypes and tolerances, small modules and models, data with known structure, the state_dict
 round trip, and the exact recomputation of a compress report.
 """

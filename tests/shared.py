@@ -7,6 +7,8 @@ would then find whichever was loaded last.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 #: Every kernel exists for float32 and float64 (DESIGN.md); tests parametrize over both.
@@ -25,3 +27,12 @@ def zipf_counts(n: int, seed: int = 0) -> np.ndarray:
     """Token counts with a Zipf-like tail, in random row order."""
     rng = np.random.default_rng(seed)
     return np.floor(1e5 / np.arange(1, n + 1) ** 1.1)[rng.permutation(n)]
+
+
+def deprecations(get):
+    """What ``get()`` returns twice (the same object), and the DeprecationWarnings raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = get(), get()
+    assert first is second
+    return first, [w for w in caught if issubclass(w.category, DeprecationWarning)]

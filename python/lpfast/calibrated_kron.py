@@ -9,7 +9,8 @@ import scipy.linalg
 
 from ._gram import Gram, as_gram, as_ridge, csr_parts, dense_sparse, doping
 from ._validate import as_float, as_int, as_shape2
-from .kron import DopedKronecker, doped_kp_fit
+from .kron import DopedKronecker
+from .kron_fit import doped_kp_fit
 
 __all__ = ["doped_kp_fit_calibrated"]
 

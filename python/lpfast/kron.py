@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _compat, _native
 from ._validate import (
     as_csr,
     as_float_array,
@@ -309,11 +309,4 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
 
 
 def __getattr__(name: str) -> Any:
-    # The fitting functions were defined here first (lpfast.kron.doped_kp_fit); they live in
-    # kron_fit.py now, which imports this module, so they are looked up on first use.
-    if name in ("doped_kp_fit", "nearest_kronecker", "kron_factor_shapes"):
-        from . import kron_fit
-
-        return getattr(kron_fit, name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+    return _compat.moved_name(__name__, name)

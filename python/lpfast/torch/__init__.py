@@ -6,6 +6,10 @@ Needs ``pip install torch`` (any 2.4 <= version < 2.14; ``pip install "lpfast[to
 
 from __future__ import annotations
 
+from typing import Any
+
+from .. import _compat
+
 try:
     import torch as _torch  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only where torch is missing
@@ -13,19 +17,19 @@ except ImportError as e:  # pragma: no cover - exercised only where torch is mis
            "(or `pip install \"lpfast[torch]\"`); the rest of lpfast works without it")
     raise ImportError(msg) from e
 
-from .annealing import DensitySchedule, SparsityAnnealer
-from .calibrate import Calibration, LayerStats, calibrate
-from .distill import DistillLayerReport, DistillReport, distill, output_error
-from .compress import CompressionReport, LayerReport, compress, parse_rule, register_method
-from .frontier import plot_frontier
-from .kron import DopedKroneckerLinear, co_matrix_dropout
-from .lowrank import LowRankEmbedding, LowRankLinear
+from .calibration.calibrate import Calibration, LayerStats, calibrate
+from .compression.compress import CompressionReport, LayerReport, compress, parse_rule, register_method
+from .compression.frontier import plot_frontier
+from .compression.linear import fit_linear, params_for_ratio
+from .compression.prune import PairReport, PruneReport, ffn_pairs, prune_ffn
+from .distillation.distill import DistillLayerReport, DistillReport, distill, output_error
+from .layers.annealing import DensitySchedule, SparsityAnnealer
+from .layers.kron import DopedKroneckerLinear, co_matrix_dropout
+from .layers.lowrank import LowRankEmbedding, LowRankLinear
+from .layers.lowrank_sparse import LowRankSparseLinear
+from .layers.projective import ProjectiveEmbedding
+from .layers.row_doped import RowDopedEmbedding, RowDopedLinear
 from .ops import doped_kp_matmul
-from .projective import ProjectiveEmbedding
-from .prune import PairReport, PruneReport, ffn_pairs, prune_ffn
-from .row_doped import RowDopedEmbedding, RowDopedLinear
-from .lowrank_sparse import LowRankSparseLinear
-from .calibrated import fit_linear, params_for_ratio
 
 __all__ = [
     "Calibration",
@@ -59,3 +63,10 @@ __all__ = [
     "fit_linear",
     "params_for_ratio",
 ]
+
+
+_compat.install_moved_modules(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    return _compat.moved_module(__name__, name)
