@@ -15,7 +15,6 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ... import DopedKronecker, doped_kp_fit
@@ -66,7 +65,12 @@ def co_matrix_dropout(values: Tensor, p: float, training: bool = True) -> Tensor
     -------
     Tensor, shape (nnz,), same dtype.
     """
-    return F.dropout(values, p, training) if training and p > 0 else values
+    if not training or p == 0:
+        return values
+    # Not F.dropout: its bernoulli_ draws ~4x slower than rand_like on CPU, and DopedLSTM
+    # drops every stored entry of S (millions while annealing starts dense) each step.
+    keep = (torch.rand_like(values) >= p).to(values.dtype).mul_(1.0 / (1.0 - p))
+    return values * keep
 
 
 
