@@ -341,6 +341,8 @@ def test_parameter_accounting():
     assert m.stored_bytes == 4 * m.n_params + 4 * m.n_indices
     m.prune_(0.05)
     assert m.n_params < sum(p.numel() for p in m.parameters())  # masked entries do not count
+    kp = DopedLSTM(12, 8, 1, density=0.0)  # no S stored: no indices either
+    assert kp.n_indices == 0 and kp.stored_bytes == 4 * kp.n_params
     assert lt.DopedLSTM is DopedLSTM and "DopedLSTM" in lt.__all__
 
 

@@ -290,8 +290,8 @@ class DopedLSTM(nn.Module):
     @property
     def n_indices(self) -> int:
         """S's index entries once compacted (CSR): one column index per non-zero plus
-        4H + 1 row pointers per gate matrix."""
-        return sum(m.nnz + m.out_features + 1 for _, m in self.matrices())
+        4H + 1 row pointers per gate matrix that has non-zeros (none without)."""
+        return sum(m.nnz + m.out_features + 1 for _, m in self.matrices() if m.nnz)
 
     @property
     def stored_bytes(self) -> int:
