@@ -395,3 +395,34 @@ def test_bad_forward_input():
     packed = nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2])
     with pytest.raises(TypeError, match="PackedSequence"):
         m(packed)
+
+
+def test_copies_and_pickles_compute_the_same():
+    import copy
+    import pickle
+
+    m = doped(12, 8, 2, density=0.4)
+    x = torch.randn(4, 2, 12)
+    m(x)  # fills the gate matrices' position caches
+    m.prune_(0.2)
+    y = m(x)[0]
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert torch.equal(other(x)[0], y)
+        other.compact_()  # the copy's caches follow its own buffers
+        assert torch.equal(other(x)[0], y)
+    assert "_positions" not in pickle.loads(pickle.dumps(m.hh0)).__dict__
+
+
+def test_effective_weight_of_doped_linear():
+    layer = DopedKroneckerLinear(12, 32, (4, 4), (8, 3), 0.3, rank=2, cmr=0.4)
+    with torch.no_grad():
+        layer.S_values.normal_()
+    layer.eval()
+    torch.testing.assert_close(layer.effective_weight(), layer.dense_weight())
+    layer.train()
+    W = layer.effective_weight()
+    W.sum().backward()
+    assert all(p.grad is not None for p in (layer.A, layer.B, layer.S_values))
+    # each stored entry's gradient is its dropout factor: 0 or 1 / (1 - p)
+    g = layer.S_values.grad
+    assert torch.all((g == 0) | torch.isclose(g, torch.tensor(1 / 0.6)))
