@@ -65,10 +65,14 @@ def co_matrix_dropout(values: Tensor, p: float, training: bool = True) -> Tensor
     -------
     Tensor, shape (nnz,), same dtype.
     """
+    if not 0 <= p < 1:
+        msg = f"p: expected a dropout probability in [0, 1), got {p}"
+        raise ValueError(msg)
     if not training or p == 0:
         return values
-    # Not F.dropout: its bernoulli_ draws ~4x slower than rand_like on CPU, and DopedLSTM
-    # drops every stored entry of S (millions while annealing starts dense) each step.
+    # Not F.dropout: DopedLSTM drops every stored entry of S (millions while annealing
+    # starts dense) each step, and F.dropout's bernoulli_ takes ~1.4x the CPU time of this
+    # mask (27 vs 19 ms for 1.69M float32 entries, one thread).
     keep = (torch.rand_like(values) >= p).to(values.dtype).mul_(1.0 / (1.0 - p))
     return values * keep
 
