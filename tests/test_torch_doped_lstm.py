@@ -372,6 +372,11 @@ def test_bad_construction(kwargs, exc, match):
         DopedLSTM(args.pop("input_size"), args.pop("hidden_size"), args.pop("num_layers"), **args)
 
 
+def test_dropout_with_one_layer_warns_as_torch_does():
+    with pytest.warns(UserWarning, match="dropout"):
+        DopedLSTM(4, 4, 1, dropout=0.2)
+
+
 def test_bad_forward_input():
     m = doped(12, 8, 2)
     x = torch.randn(5, 3, 12)

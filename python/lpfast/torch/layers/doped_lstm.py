@@ -15,6 +15,7 @@ O(R * 4H * (I + H) + nnz) per layer and step, small next to the sequence's GEMMs
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterator, Optional
 
 import torch
@@ -140,6 +141,10 @@ class DopedLSTM(nn.Module):
         if self.dropout >= 1:
             msg = f"dropout: expected a probability in [0, 1), got {dropout}"
             raise ValueError(msg)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout: DopedLSTM drops the outputs of all layers but the last, as "
+                          f"torch.nn.LSTM; with num_layers=1 dropout={self.dropout} does nothing",
+                          stacklevel=2)
         rank = as_int(rank, "rank", low=1)
         dtype = layer_dtype(dtype, device)
         names = _matrix_names(self.num_layers)
