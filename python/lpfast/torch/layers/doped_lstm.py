@@ -105,6 +105,8 @@ class DopedLSTM(nn.Module):
     cmr : float in [0, 1)
         Co-matrix dropout on S's values in training mode (:func:`co_matrix_dropout`).
     dtype : torch.float32 or torch.float64; device : CPU only
+    bidirectional, proj_size : only their defaults (False, 0); anything else is refused by
+        name, so an ``nn.LSTM`` call that asks for them fails instead of running otherwise.
 
     Attributes
     ----------

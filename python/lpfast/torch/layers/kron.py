@@ -291,15 +291,16 @@ class DopedKroneckerLinear(nn.Module):
             state.pop(cache, None)
         return state
 
-    def to_operator(self, check_finite: bool = True):
-        """The layer as an immutable ``lpfast.DopedKronecker`` (masked entries dropped)."""
+    def to_operator(self, check_finite: bool = True, *, bias: bool = True):
+        """The layer as an immutable ``lpfast.DopedKronecker`` (masked entries dropped),
+        with the layer's bias unless ``bias=False`` (the weight alone)."""
         S = None
         if self.nnz:
             keep = slice(None) if self.S_mask is None else self.S_mask.bool()
             crow, col, vals = self._compacted(keep)
             S = (crow.numpy(), col.numpy(), vals.detach().numpy())
-        bias = None if self.bias is None else self.bias.detach().numpy()
-        return DopedKronecker(self.A.detach().numpy(), self.B.detach().numpy(), S, bias,
+        b = None if self.bias is None or not bias else self.bias.detach().numpy()
+        return DopedKronecker(self.A.detach().numpy(), self.B.detach().numpy(), S, b,
                               check_finite=check_finite)
 
     def extra_repr(self) -> str:
