@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+import lpfast
+import lpfast.torch as lt
+from lpfast.torch import DensitySchedule, DopedKroneckerLinear, DopedLSTM, SparsityAnnealer
 
-import lpfast  # noqa: E402
-import lpfast.torch as lt  # noqa: E402
-from lpfast.torch import DensitySchedule, DopedKroneckerLinear, DopedLSTM, SparsityAnnealer  # noqa: E402
-
-from _torch_helpers import DTYPES, TIGHT, one_thread, roundtrip_state_dict  # noqa: E402, F401
+from _torch_helpers import DTYPES, TIGHT, one_thread, roundtrip_state_dict  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
