@@ -510,6 +510,9 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
                     if hasattr(m, "cmr"):
                         m.cmr = 0.0
         done = step + 1
+        if args.progress and done % args.progress == 0:
+            print(f"  {method} {factor:g}x step {done}/{steps}: loss {np.mean(losses[-50:]):.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if time.perf_counter() - t0 > 60 * args.minutes:
             truncated = done < steps
             break
@@ -586,6 +589,7 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=1, help="models trained in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", type=int, default=0, help="print the loss every N steps")
     ap.add_argument("--save-dir", help="keep each trained model's state_dict here")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
