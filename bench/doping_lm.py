@@ -4,7 +4,7 @@ with its LSTM layers compressed ~10x and ~25x by doped Kronecker products (annea
 without co-matrix dropout), plain Kronecker products, low rank (LMF), magnitude pruning and a
 smaller dense LSTM, each at the same number of stored LSTM parameters.
 
-    PYTHONPATH=python python bench/doping_lm.py --jobs 2 --steps 1500 --minutes 6
+    PYTHONPATH=python python bench/doping_lm.py --jobs 2 --methods dense dopedkp dopedkp_nocmr kp lmf prune small dopedkp_dec --save-dir /tmp/doping_lm_models
     PYTHONPATH=python python bench/doping_lm.py --text my_corpus.txt ...   # any corpus
     PYTHONPATH=python python bench/doping_lm.py --write-text wiki.txt       # the default one
 
@@ -544,18 +544,21 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
 
 # -- reporting --------------------------------------------------------------------------------
 def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per model, the change of test perplexity against the dense model,
+    and the paper's figure beside it where it has one (25x, PTB)."""
     dense = next((r for r in rows if r["method"] == "dense"), None)
-    lines = ["| method | target | stored LSTM params | compression | test ppl | vs dense | "
-             "valid ppl | train s | steps |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | LSTM target | stored LSTM params | compression | test ppl | vs dense | "
+             "paper at 25x (PTB) | valid ppl | train s | steps |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         comp = r["dense_lstm_stored"] / r["lstm"]["stored"]
         delta = "" if dense is None else f"{100 * (r['test_ppl'] / dense['test_ppl'] - 1):+.1f}%"
         target = "-" if r["method"] == "dense" else f"{r['factor']:g}x"
+        paper = PAPER_25X.get(r["method"]) if r["factor"] == 25 else None
         steps = f"{r['steps']}" + (" (cut)" if r["truncated"] else "")
         lines.append(f"| {r['method']} | {target} | {r['lstm']['stored']:,} | {comp:.1f}x | "
-                     f"{r['test_ppl']:.1f} | {delta} | {r['valid_ppl']:.1f} | "
-                     f"{r['train_seconds']:.0f} | {steps} |")
+                     f"{r['test_ppl']:.1f} | {delta} | {'' if paper is None else f'+{paper}%'} | "
+                     f"{r['valid_ppl']:.1f} | {r['train_seconds']:.0f} | {steps} |")
     return "\n".join(lines)
 
 
@@ -565,18 +568,19 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--text", help="UTF-8 corpus, documents separated by blank lines "
                     "(default: gensim's shipped Wikipedia sample)")
     ap.add_argument("--write-text", metavar="FILE", help="write the default corpus and exit")
+    ap.add_argument("--report", metavar="JSON", help="print the table of a results file and exit")
     ap.add_argument("--max-words", type=int, default=0, help="cap the corpus (smoke tests)")
     ap.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "dopedkp_dec"],
                     choices=METHODS)
     ap.add_argument("--factors", nargs="+", type=float, default=[10.0, 25.0])
-    ap.add_argument("--vocab", type=int, default=10000)
+    ap.add_argument("--vocab", type=int, default=5000)
     ap.add_argument("--hidden", type=int, default=256, help="H = E (tied decoder)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--eval-batch", type=int, default=10)
     ap.add_argument("--bptt", type=int, default=35)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--clip", type=float, default=1.0)
@@ -585,7 +589,7 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--anneal-start", type=float, default=0.1, help="fraction of --steps")
     ap.add_argument("--anneal-end", type=float, default=0.6, help="fraction of --steps")
     ap.add_argument("--prune-every", type=int, default=10)
-    ap.add_argument("--minutes", type=float, default=6.0, help="cap per model's training")
+    ap.add_argument("--minutes", type=float, default=12.0, help="cap per model's training")
     ap.add_argument("--jobs", type=int, default=1, help="models trained in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model")
     ap.add_argument("--seed", type=int, default=0)
@@ -606,34 +610,43 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None, log: Callable[[str], None] = print
          ) -> dict[str, Any]:
     args = parse(argv)
+    if args.report:
+        rows = json.loads(Path(args.report).read_text())["rows"]
+        log(table(rows))
+        return {"rows": rows}
     if args.write_text:
         Path(args.write_text).write_text(gensim_wiki_text(), encoding="utf-8")
         log(f"wrote {args.write_text}")
         return {}
     data = load_data(args.text, args.vocab, args.seed, args.max_words or None)
     log(f"corpus: {json.dumps(data['info'])}")
-    jobs = []
     shared = {k: v for k, v in vars(args).items()}
-    for method in args.methods:
-        for factor in ([1.0] if method == "dense" else args.factors):
-            jobs.append({"method": method, "factor": factor, "args": shared, "data": data})
+    # The dense baseline first, then one compression factor at a time: with --jobs the
+    # models of a factor train side by side, and a stopped run keeps whole factors.
+    pairs = [("dense", 1.0)] if "dense" in args.methods else []
+    pairs += [(m, f) for f in args.factors for m in args.methods if m != "dense"]
+    jobs = [{"method": m, "factor": f, "args": shared, "data": data} for m, f in pairs]
     rows: list[dict[str, Any]] = []
-    if args.jobs == 1:
-        for job in jobs:
-            rows.append(train_one(job))
-            log(f"{rows[-1]['method']} {rows[-1]['factor']:g}x: test ppl {rows[-1]['test_ppl']:.1f}")
-    else:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            for row in pool.map(train_one, jobs):
-                rows.append(row)
-                log(f"{row['method']} {row['factor']:g}x: test ppl {row['test_ppl']:.1f} "
-                    f"({row['train_seconds']:.0f} s)")
-    result = {"corpus": data["info"], "args": {k: v for k, v in shared.items()},
+    result = {"corpus": data["info"], "args": shared,
               "counting": "values + (nnz + rows + 1) / 2 per sparse gate matrix (16-bit indices)",
               "paper_25x_ppl_change_percent": PAPER_25X, "torch": torch.__version__,
               "cpu_count": os.cpu_count(), "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(row: dict[str, Any]) -> None:  # written after every model: partial runs count
+        rows.append(row)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        log(f"{row['method']} {row['factor']:g}x: test ppl {row['test_ppl']:.1f} "
+            f"({row['train_seconds']:.0f} s, {row['steps']} steps)")
+
+    if args.jobs == 1:
+        for job in jobs:
+            record(train_one(job))
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            for row in pool.map(train_one, jobs):
+                record(row)
     out.write_text(json.dumps(result, indent=1) + "\n")
     log(table(rows))
     log(f"wrote {out}")
