@@ -4,13 +4,18 @@ item 4): one token per call for every sequence of the batch, state kept by the c
     PYTHONPATH=python python bench/doping_lm_latency.py                     # paper's size
     PYTHONPATH=python python bench/doping_lm_latency.py --checkpoints DIR   # + trained models
 
-Competitors, in one process, interleaved (each round times every competitor back to back,
-the figure is the median over rounds of the mean time per call):
-  dense   torch.nn.Embedding -> torch.nn.LSTM -> nn.Linear, under torch.inference_mode,
-          one step per call (the way a server generating token by token calls it);
-  doped   the embedding row (a NumPy gather) -> ``lpfast.DopedLSTMRuntime.step`` (all gates
-          of all layers in one C++ call) -> the decoder: ``lpfast.DopedKronecker`` when it
-          is compressed, else the dense nn.Linear as above.
+Competitors, in one process, interleaved (each round times every competitor back to back;
+the figure is the median over rounds of the mean time per call, wall clock and process CPU
+time both):
+  torch        torch.nn.Embedding -> torch.nn.LSTM -> nn.Linear under torch.inference_mode,
+               one step per call (the way a server generating token by token calls it);
+               on CPU nn.LSTM runs oneDNN, which costs ~12 ms per single step at the
+               paper's size where the weights' GEMV needs ~2 ms;
+  torch_plain  the same modules with oneDNN off (``torch.backends.mkldnn.flags``): ATen's
+               GEMM path, the strongest dense peer one step at a time;
+  doped        the embedding row (a NumPy gather) -> ``lpfast.DopedLSTMRuntime.step`` (all
+               gates of all layers in one C++ call, state updated in place) -> the decoder:
+               ``lpfast.DopedKronecker`` when it is compressed, else the dense nn.Linear.
 "lstm" rows time the LSTM layers alone (nn.LSTM step vs runtime step); "model" rows the
 whole step, embedding and output layer included.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +39,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,6 +98,13 @@ def trained_models(path: Path, dense_path: Path) -> dict[str, Any]:
            "emb_np": doped.emb.weight.detach().numpy()}
     res["dec"] = (doped.decoder.to_operator() if doped.decoder is not None
                   else _tied_linear(doped))
+    # The served step must be the trained model's own: one token through both.
+    x = torch.randn(1, 3, doped.rnn.input_size)
+    with torch.no_grad():
+        want, _ = doped.rnn(x)
+    z = np.zeros((doped.rnn.num_layers, 3, doped.rnn.hidden_size), np.float32)
+    got, _, _ = res["runtime"].step(x[0].numpy(), z, z)
+    np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-4, atol=1e-5)
     return res
 
 
@@ -108,15 +120,26 @@ def _tied_linear(model: dl.LM) -> torch.nn.Linear:
     return lin
 
 
-def runtime_of(rnn: torch.nn.Module) -> Any:
-    """The trained DopedLSTM's C++ inference runtime."""
-    return rnn.runtime()
+def runtime_of(rnn: torch.nn.Module) -> lpfast.DopedLSTMRuntime:
+    """The trained DopedLSTM's C++ inference runtime: gate matrices without their biases,
+    b_ih + b_hh per layer (DOPING.md's interface)."""
+    if hasattr(rnn, "runtime"):
+        return rnn.runtime()
+    layers = []
+    for l in range(rnn.num_layers):
+        ih, hh = getattr(rnn, f"ih{l}"), getattr(rnn, f"hh{l}")
+        bias = (ih.bias + hh.bias).detach().numpy()
+        layers.append((ih.to_operator(bias=False), hh.to_operator(bias=False), bias))
+    return lpfast.DopedLSTMRuntime(layers)
 
 
 # -- timing -------------------------------------------------------------------------------------
 def competitors(m: dict[str, Any], batch: int, seed: int = 0
                 ) -> dict[str, dict[str, Callable[[], Any]]]:
-    """{"lstm": {"dense": f, "doped": f}, "model": {...}}: each f one step of a batch."""
+    """{"lstm": {name: f}, "model": {name: f}}: each f one step of a batch, for
+    "torch" (torch.nn.LSTM as it runs by default: oneDNN on CPU), "torch_plain" (the same
+    module with oneDNN off: ATen's GEMM path, several times faster per single step) and
+    "doped" (DopedLSTMRuntime)."""
     H = m["lstm"].hidden_size
     L = m["lstm"].num_layers
     V = m["emb"].weight.shape[0]
@@ -126,22 +149,33 @@ def competitors(m: dict[str, Any], batch: int, seed: int = 0
     x_t = torch.randn(1, batch, H, generator=g)
     x_np = x_t[0].numpy().copy()
     zeros = torch.zeros(L, batch, H)
-    st = {"h": zeros.clone(), "c": zeros.clone(), "hn": zeros.numpy().copy(),
-          "cn": zeros.numpy().copy()}
+    st = {"h": zeros.clone(), "c": zeros.clone()}
     lstm, emb, lin, rt, dec, emb_np = (m[k] for k in ("lstm", "emb", "lin", "runtime", "dec",
                                                       "emb_np"))
 
-    def dense_lstm():
+    def torch_lstm():
         with torch.inference_mode():
             _, (st["h"], st["c"]) = lstm(x_t, (st["h"], st["c"]))
 
-    def doped_lstm():
-        _, st["hn"], st["cn"] = rt.step(x_np, st["hn"], st["cn"])
-
-    def dense_model():
+    def torch_model():
         with torch.inference_mode():
             out, (st["h"], st["c"]) = lstm(emb(tokens), (st["h"], st["c"]))
             return lin(out[0])
+
+    def plain(f):
+        def g():  # (mkldnn.flags() would also reset TF32 and warn on every call)
+            torch.backends.mkldnn.enabled = False
+            try:
+                return f()
+            finally:
+                torch.backends.mkldnn.enabled = True
+        return g
+
+    y_np = np.empty((batch, H), np.float32)
+    hn, cn = zeros.numpy().copy(), zeros.numpy().copy()
+
+    def doped_lstm():  # a server's call: the state updated in place, no allocation
+        rt.step(x_np, hn, cn, out=(y_np, hn, cn))
 
     if isinstance(dec, torch.nn.Linear):
         def decode(y):
@@ -151,17 +185,20 @@ def competitors(m: dict[str, Any], batch: int, seed: int = 0
         decode = dec
 
     def doped_model():
-        y, st["hn"], st["cn"] = rt.step(emb_np[tok_np], st["hn"], st["cn"])
-        return decode(y)
+        rt.step(emb_np[tok_np], hn, cn, out=(y_np, hn, cn))
+        return decode(y_np)
 
-    return {"lstm": {"dense": dense_lstm, "doped": doped_lstm},
-            "model": {"dense": dense_model, "doped": doped_model}}
+    return {"lstm": {"torch": torch_lstm, "torch_plain": plain(torch_lstm), "doped": doped_lstm},
+            "model": {"torch": torch_model, "torch_plain": plain(torch_model),
+                      "doped": doped_model}}
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, seconds: float
-                ) -> dict[str, float]:
-    """Median over ``rounds`` of each competitor's mean seconds per call; every round runs
-    each competitor for about ``seconds`` back to back."""
+                ) -> dict[str, dict[str, float]]:
+    """Per competitor, the median over ``rounds`` of the mean wall-clock and process CPU
+    seconds per call; every round runs each competitor for about ``seconds`` back to back.
+    On a shared machine the wall clock includes waiting for a core; the CPU time (one
+    thread) does not."""
     calls = {}
     for name, f in fns.items():
         f()
@@ -169,42 +206,69 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, seconds: float
         while time.perf_counter() - t0 < seconds / 4 or n < 3:
             f()
             n += 1
-        calls[name] = max(int(n * 4 * seconds / (time.perf_counter() - t0 + 1e-9) / 4), 3)
-    times: dict[str, list[float]] = {k: [] for k in fns}
+        calls[name] = max(int(n * seconds / (time.perf_counter() - t0 + 1e-9)), 3)
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, f in fns.items():
             n = calls[name]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(n):
                 f()
-            times[name].append((time.perf_counter() - t0) / n)
-    return {k: float(np.median(v)) for k, v in times.items()}
+            wall[name].append((time.perf_counter() - t0) / n)
+            cpu[name].append((time.process_time() - c0) / n)
+    return {k: {"wall": float(np.median(wall[k])), "cpu": float(np.median(cpu[k]))}
+            for k in fns}
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def measure(label: str, m: dict[str, Any], batches: list[int], threads: list[int],
-            rounds: int, seconds: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+            rounds: int, seconds: float, log: Callable[[str], None],
+            parts: tuple[str, ...] = ("lstm", "model")) -> list[dict[str, Any]]:
     rows = []
     for t in threads:
         with limit_threads(t):
             for b in batches:
                 for part, fns in competitors(m, b).items():
+                    if part not in parts:
+                        continue
                     r = interleaved(fns, rounds, seconds)
                     row = {"model": label, "part": part, "batch": b, "threads": t,
-                           "dense_us": 1e6 * r["dense"], "doped_us": 1e6 * r["doped"],
-                           "speedup": r["dense"] / r["doped"]}
+                           "load": _load()}
+                    for k, v in r.items():
+                        row[f"{k}_us"] = 1e6 * v["wall"]
+                        row[f"{k}_cpu_us"] = 1e6 * v["cpu"]
+                    for k in ("torch", "torch_plain"):
+                        row[f"speedup_{k}"] = r[k]["wall"] / r["doped"]["wall"]
+                        row[f"speedup_{k}_cpu"] = r[k]["cpu"] / r["doped"]["cpu"]
                     rows.append(row)
-                    log(f"{label:28s} {part:5s} batch {b:3d} threads {t}: dense "
-                        f"{row['dense_us']:9.1f} us  doped {row['doped_us']:9.1f} us  "
-                        f"{row['speedup']:5.2f}x")
+                    log(f"{label:34s} {part:5s} b{b:<3d} t{t}: torch {row['torch_us']:9.0f} "
+                        f"plain {row['torch_plain_us']:9.0f} doped {row['doped_us']:8.0f} us "
+                        f"(cpu {row['torch_cpu_us']:.0f}/{row['torch_plain_cpu_us']:.0f}/"
+                        f"{row['doped_cpu_us']:.0f}) x{row['speedup_torch']:.2f} "
+                        f"x{row['speedup_torch_plain']:.2f} load {row['load']:.1f}")
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | part | batch | threads | dense us/step | doped us/step | speed-up |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown; one thread also gets the speed-ups in process CPU time (the load-free
+    figure on a shared machine: ``cpu``)."""
+    lines = ["| model | part | batch | threads | torch.nn.LSTM us | oneDNN off us | doped us | "
+             "speed-up vs torch | vs oneDNN off | CPU-time speed-ups (1 thread) | load |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
+        cpu = (f"{r['speedup_torch_cpu']:.1f}x / {r['speedup_torch_plain_cpu']:.1f}x"
+               if r["threads"] == 1 else "")
         lines.append(f"| {r['model']} | {r['part']} | {r['batch']} | {r['threads']} | "
-                     f"{r['dense_us']:.0f} | {r['doped_us']:.0f} | {r['speedup']:.2f}x |")
+                     f"{r['torch_us']:.0f} | {r['torch_plain_us']:.0f} | {r['doped_us']:.0f} | "
+                     f"{r['speedup_torch']:.1f}x | {r['speedup_torch_plain']:.1f}x | {cpu} | "
+                     f"{r['load']:.1f} |")
     return "\n".join(lines)
 
 
@@ -234,9 +298,8 @@ def main(argv: Optional[list[str]] = None, log: Callable[[str], None] = print
     rows += measure(f"paper {size}, doped decoder", m, args.batches, args.threads, args.rounds,
                     args.seconds, log)
     m_dense_dec = dict(m, dec=m["lin"])
-    rows += [r for r in measure(f"paper {size}, dense decoder", m_dense_dec, args.batches,
-                                args.threads, args.rounds, args.seconds, log)
-             if r["part"] == "model"]
+    rows += measure(f"paper {size}, dense decoder", m_dense_dec, args.batches, args.threads,
+                    args.rounds, args.seconds, log, parts=("model",))
     if args.checkpoints:
         d = Path(args.checkpoints)
         dense = d / "dense_1x.pt"

@@ -99,6 +99,26 @@ def test_tiny_run_trains_every_method(tmp_path):
     assert "decoder" in rows[("dopedkp_dec", 4.0)]
 
 
+def test_latency_runs_on_paper_shapes_and_trained_checkpoints(tmp_path):
+    import lpfast
+
+    if not hasattr(lpfast, "DopedLSTMRuntime"):
+        pytest.skip("lpfast.DopedLSTMRuntime is not in this build")
+    import doping_lm_latency as lat
+
+    ckpt = tmp_path / "models"
+    dl.main(["--text", str(_corpus(tmp_path)), "--hidden", "16", "--vocab", "60", "--steps", "3",
+             "--warmup", "1", "--prune-every", "1", "--factors", "4", "--methods", "dense",
+             "dopedkp", "dopedkp_dec", "--save-dir", str(ckpt), "--out",
+             str(tmp_path / "r.json")], log=lambda s: None)
+    res = lat.main(["--hidden", "16", "--vocab", "40", "--factor", "4", "--batches", "1", "2",
+                    "--threads", "1", "--rounds", "1", "--seconds", "0.001", "--checkpoints",
+                    str(ckpt), "--out", str(tmp_path / "lat.json")], log=lambda s: None)
+    labels = {r["model"] for r in res["rows"]}
+    assert {"trained dopedkp_4x", "trained dopedkp_dec_4x"} <= labels
+    assert all(r[k] > 0 for r in res["rows"] for k in ("torch_us", "torch_plain_us", "doped_us"))
+
+
 @pytest.mark.parametrize("argv", [["--factors", "1"], ["--steps", "0"],
                                   ["--anneal-start", "0.7", "--anneal-end", "0.5"],
                                   ["--methods", "svd"]])
