@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ... import kron_factor_shapes
+from ... import DopedLSTMRuntime, kron_factor_shapes
 from ..._validate import as_factor_shapes, as_float, as_int
 from .._checks import check_module, layer_dtype
 from .kron import DopedKroneckerLinear
@@ -331,6 +331,29 @@ class DopedLSTM(nn.Module):
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
                 f"rank={self.ih0.rank}, nnz={self.nnz}, cmr={self.cmr}")
+
+    def runtime(self, check_finite: bool = True) -> DopedLSTMRuntime:
+        """The layer, as it is now, as an immutable ``lpfast.DopedLSTMRuntime``: inference in
+        C++ (one call per step or per sequence, GIL released, state kept by the caller).
+
+        Each gate matrix becomes an ``lpfast.DopedKronecker`` (masked entries of S dropped,
+        no bias) and each layer's bias ``b_ih + b_hh`` (None without biases); no dropout,
+        as in eval mode. The runtime reads batch-first sequences, whatever ``batch_first``
+        says here. Later training does not reach it: call ``runtime()`` again.
+
+        Returns
+        -------
+        lpfast.DopedLSTMRuntime, the layer's dtype. Cost: O(nnz + R * (m1*n1 + m2*n2)) per
+        gate matrix, plus the runtime's layout.
+        """
+        layers = []
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                ih, hh = getattr(self, f"ih{layer}"), getattr(self, f"hh{layer}")
+                bias = (ih.bias + hh.bias).numpy() if self.bias else None
+                layers.append((ih.to_operator(check_finite, bias=False),
+                               hh.to_operator(check_finite, bias=False), bias))
+        return DopedLSTMRuntime(layers, check_finite=check_finite)
 
     # -- annealing ---------------------------------------------------------------------------
     @torch.no_grad()
