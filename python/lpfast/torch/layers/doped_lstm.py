@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import DopedLSTMRuntime, kron_factor_shapes
-from ..._validate import as_factor_shapes, as_float, as_int
+from ..._validate import as_factor_shapes, as_float, as_int, as_shape2
 from .._checks import check_module, layer_dtype
 from .kron import DopedKroneckerLinear
 
@@ -46,11 +46,7 @@ def _pick(spec: Any, name: str, arg: str, names: list[str]) -> Any:
 
 def _complement(shape: tuple[int, int], given: Any, arg: str, name: str) -> tuple[int, int]:
     """The other factor's shape when only one of a_shape/b_shape is given."""
-    try:
-        r, c = (int(v) for v in given)
-    except (TypeError, ValueError):
-        msg = f"{arg}: expected a pair (rows, cols) for {name}, got {given!r}"
-        raise TypeError(msg) from None
+    r, c = as_shape2(given, arg)
     if r < 1 or c < 1 or shape[0] % r or shape[1] % c:
         msg = (f"{arg}={tuple(given)} does not tile the gate matrix {name} of shape {shape}: "
                f"its rows and columns must divide {shape}")
