@@ -8,8 +8,12 @@ Kronecker sum, plus S's masked values scattered in, with CMR dropout on them in 
 mode), and the whole sequence then runs in torch's fused LSTM (``torch.lstm``, the kernel
 ``torch.nn.LSTM`` calls), so there is no Python work per time step and gradients reach A, B,
 S's values and the biases through torch's own LSTM backward. Forming the weights costs
-O(R * 4H * (I + H) + nnz) per layer and step, small next to the sequence's GEMMs.
-``bench/bench_lstm_train.py`` times the step against ``torch.nn.LSTM``'s.
+O(R * 4H * (I + H) + nnz) per layer and step, plus CMR's mask over S's stored entries.
+Measured (``python bench/bench_lstm_train.py --steps 15``: 2 layers, hidden 256 and 650,
+seq 35, batch 20, SGD, CMR 0.3, one thread, process CPU time, steps interleaved with
+``torch.nn.LSTM``'s of the same size): 1.09-1.12x nn.LSTM's step at density 0.01 (where
+annealing ends), 1.5-1.6x at density 1 (where it starts: millions of stored entries to
+drop and scatter each step).
 """
 
 from __future__ import annotations
