@@ -326,6 +326,40 @@ def test_from_lstm_refuses_what_it_cannot_hold():
         DopedLSTM.from_lstm(nn.LSTM(4, 4), a_shape=(3, 2))
 
 
+# -- runtime -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_runtime_equals_torch_forward(dtype, batch_first):
+    m = doped(12, 8, 2, rank=2, density=0.4, dtype=dtype, batch_first=batch_first)
+    m.prune_(0.15)  # masked entries must not reach the runtime
+    m.eval()
+    rt = m.runtime()
+    assert isinstance(rt, lpfast.DopedLSTMRuntime)
+    assert (rt.num_layers, rt.input_size, rt.hidden_size) == (2, 12, 8)
+    xs = torch.randn(3, 6, 12, dtype=dtype)  # batch-first for the runtime
+    h0, c0 = torch.randn(2, 3, 8, dtype=dtype), torch.randn(2, 3, 8, dtype=dtype)
+    with torch.no_grad():
+        y, (h, c) = m(xs if batch_first else xs.transpose(0, 1), (h0, c0))
+    y = y if batch_first else y.transpose(0, 1)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    ys, (hn, cn) = rt.forward(xs.numpy(), h0.numpy(), c0.numpy())
+    np.testing.assert_allclose(ys, y.numpy(), **tol)
+    np.testing.assert_allclose(hn, h.numpy(), **tol)
+    np.testing.assert_allclose(cn, c.numpy(), **tol)
+    # token by token, the caller keeping the state
+    hs, cs = h0.numpy(), c0.numpy()
+    for t in range(xs.shape[1]):
+        yt, hs, cs = rt.step(xs[:, t].numpy(), hs, cs)
+        np.testing.assert_allclose(yt, y[:, t].numpy(), **tol)
+    np.testing.assert_allclose(cs, c.numpy(), **tol)
+    # zero state by default, and no biases
+    nb = doped(12, 8, 1, bias=False, dtype=dtype).eval()
+    with torch.no_grad():
+        y0 = nb(xs.transpose(0, 1))[0].transpose(0, 1)
+    np.testing.assert_allclose(nb.runtime().forward(xs.numpy())[0], y0.numpy(), **tol)
+
+
 # -- accounting ----------------------------------------------------------------------------
 
 def test_parameter_accounting():
