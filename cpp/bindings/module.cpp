@@ -7,6 +7,7 @@ void bind_parallel(py::module_& m);
 void bind_embedding(py::module_& m);
 void bind_kron(py::module_& m);
 void bind_lewis(py::module_& m);
+void bind_lstm(py::module_& m);
 void bind_projective(py::module_& m);
 void bind_subspace(py::module_& m);
 
@@ -16,6 +17,7 @@ PYBIND11_MODULE(_core, m) {
   bind_embedding(m);
   bind_kron(m);
   bind_lewis(m);
+  bind_lstm(m);
   bind_projective(m);
   bind_subspace(m);
 }

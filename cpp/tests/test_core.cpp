@@ -1,7 +1,7 @@
 // Checks of lpfast's C++ core without Python: the shared building blocks (weighted Gram,
 // top-k eigensolver, RNG, range splitter, exception rethrow from parallel regions), an IRLS
-// fit's descent, and the doped Kronecker product, each in float and double against a
-// direct computation. Exits non-zero on the first failed check (run by ctest).
+// fit's descent, the doped Kronecker product and the doped LSTM, each in float and double
+// against a direct computation. Exits non-zero on the first failed check (run by ctest).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +16,7 @@
 
 #include "lpfast/csr.hpp"
 #include "lpfast/doped_kron.hpp"
+#include "lpfast/doped_lstm.hpp"
 #include "lpfast/gram.hpp"
 #include "lpfast/irls.hpp"
 #include "lpfast/lewis.hpp"
@@ -262,6 +263,210 @@ void test_parallel_and_rng() {
         "Rng::normal has mean 0 and variance 1");
 }
 
+// The activations of doped_lstm.hpp against std:: in long double, with the error bounds its
+// header states (absolute; relative for tanh), including tiny, large and infinite inputs.
+template <class T>
+void test_lstm_activations() {
+  std::vector<T> x;
+  lpfast::Rng rng(7);
+  for (int i = 0; i < 20000; ++i) x.push_back(static_cast<T>(rng.normal() * (i % 3 == 0 ? 10 : 1)));
+  for (double v : {0.0, 1e-30, -1e-8, 1e-4, 0.0499, 0.05, 0.0501, -0.3, 9.0, -20.0, 40.0, -100.0,
+                   1e4})
+    x.push_back(static_cast<T>(v));
+  x.push_back(std::numeric_limits<T>::infinity());
+  x.push_back(-std::numeric_limits<T>::infinity());
+  std::vector<T> s = x, t = x;
+  lpfast::detail::sigmoid_inplace(s.data(), static_cast<std::int64_t>(s.size()));
+  lpfast::detail::tanh_inplace(t.data(), static_cast<std::int64_t>(t.size()));
+  const double eps = std::numeric_limits<T>::epsilon();
+  double sig_abs = 0, tanh_abs = 0, tanh_rel = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const long double v = x[i];
+    const long double rs = 1.0L / (1.0L + std::exp(-v)), rt = std::tanh(v);
+    sig_abs = std::max<double>(sig_abs, std::fabs(s[i] - rs));
+    tanh_abs = std::max<double>(tanh_abs, std::fabs(t[i] - rt));
+    if (rt != 0) tanh_rel = std::max<double>(tanh_rel, std::fabs((t[i] - rt) / rt));
+  }
+  check(sig_abs <= 1.0 * eps && tanh_abs <= 2.0 * eps && tanh_rel <= 6.0 * eps,
+        std::string("LSTM activations vs std:: (sigmoid abs ") + std::to_string(sig_abs / eps) +
+            " eps, tanh abs " + std::to_string(tanh_abs / eps) + " eps, rel " +
+            std::to_string(tanh_rel / eps) + " eps), " + name<T>());
+}
+
+// A doped gate matrix with its dense W (double), from random factors and a strided pattern.
+template <class T>
+struct TestGate {
+  std::vector<T> A, B, data;
+  std::vector<std::int32_t> indptr{0}, indices;
+  lpfast::RowMat<double> W;
+  lpfast::DopedGateMatrix<T> view(bool doped) const {
+    lpfast::DopedGateMatrix<T> g;
+    g.kp.A = A.data();
+    g.kp.B = B.data();
+    g.kp.rank = rank;
+    g.kp.m1 = m1;
+    g.kp.n1 = n1;
+    g.kp.m2 = m2;
+    g.kp.n2 = n2;
+    if (doped) g.S = {indptr.data(), indices.data(), data.data(), m1 * m2, n1 * n2};
+    return g;
+  }
+  std::int64_t rank, m1, n1, m2, n2;
+};
+
+template <class T>
+TestGate<T> test_gate(lpfast::Rng& rng, std::int64_t rank, std::int64_t m1, std::int64_t n1,
+                      std::int64_t m2, std::int64_t n2, int stride, double scale) {
+  TestGate<T> g;
+  g.rank = rank;
+  g.m1 = m1;
+  g.n1 = n1;
+  g.m2 = m2;
+  g.n2 = n2;
+  const std::int64_t rows = m1 * m2, cols = n1 * n2;
+  for (std::int64_t k = 0; k < rank * m1 * n1; ++k) g.A.push_back(static_cast<T>(scale * rng.normal()));
+  for (std::int64_t k = 0; k < rank * m2 * n2; ++k) g.B.push_back(static_cast<T>(rng.normal()));
+  g.W = lpfast::RowMat<double>::Zero(rows, cols);
+  for (std::int64_t q = 0; q < rank; ++q)
+    for (std::int64_t i1 = 0; i1 < m1; ++i1)
+      for (std::int64_t j1 = 0; j1 < n1; ++j1)
+        for (std::int64_t i2 = 0; i2 < m2; ++i2)
+          for (std::int64_t j2 = 0; j2 < n2; ++j2)
+            g.W(i1 * m2 + i2, j1 * n2 + j2) += static_cast<double>(g.A[(q * m1 + i1) * n1 + j1]) *
+                                               g.B[(q * m2 + i2) * n2 + j2];
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = r % stride; c < cols; c += stride) {
+      g.indices.push_back(static_cast<std::int32_t>(c));
+      g.data.push_back(static_cast<T>(scale * rng.normal()));
+      g.W(r, c) += g.data.back();
+    }
+    g.indptr.push_back(static_cast<std::int32_t>(g.indices.size()));
+  }
+  return g;
+}
+
+// A 2-layer doped LSTM (input 12, hidden 10: gates 40 x 12 and 40 x 10) against the dense
+// recurrence in double: a sequence from a given state, the same steps one call each, batch
+// 1 (the SELL path) and 7 (the CSR path), with and without doping, on 1 and 2 threads.
+template <class T>
+void test_doped_lstm() {
+  lpfast::Rng rng(8);
+  const std::int64_t I = 12, H = 10, L = 2, steps = 45;  // > kChunkRows: several chunks
+  const double scale = 0.3;
+  std::vector<TestGate<T>> gates;
+  gates.push_back(test_gate<T>(rng, 2, 8, 3, 5, 4, 5, scale));   // layer 0 ih (40 x 12)
+  gates.push_back(test_gate<T>(rng, 1, 5, 2, 8, 5, 3, scale));   // layer 0 hh (40 x 10)
+  gates.push_back(test_gate<T>(rng, 1, 4, 5, 10, 2, 7, scale));  // layer 1 ih
+  gates.push_back(test_gate<T>(rng, 1, 40, 10, 1, 1, 4, scale)); // layer 1 hh (B is 1 x 1)
+  std::vector<std::vector<T>> bias(L);
+  for (auto& b : bias)
+    for (std::int64_t k = 0; k < 4 * H; ++k) b.push_back(static_cast<T>(scale * rng.normal()));
+  for (bool doped : {true, false}) {
+    std::vector<lpfast::DopedLstmLayer<T>> layers(L);
+    for (std::int64_t l = 0; l < L; ++l) {
+      layers[l].ih = gates[2 * l].view(doped);
+      layers[l].hh = gates[2 * l + 1].view(doped);
+      layers[l].bias = bias[l].data();
+    }
+    const lpfast::DopedLstm<T> lstm(layers);
+    check(lstm.num_layers() == L && lstm.input_size() == I && lstm.hidden_size() == H,
+          std::string("DopedLstm sizes, ") + name<T>());
+    for (std::int64_t batch : {1, 7}) {
+      std::vector<T> xs, h0, c0;
+      for (std::int64_t k = 0; k < batch * steps * I; ++k) xs.push_back(static_cast<T>(rng.normal()));
+      for (std::int64_t k = 0; k < L * batch * H; ++k) {
+        h0.push_back(static_cast<T>(0.5 * rng.normal()));
+        c0.push_back(static_cast<T>(rng.normal()));
+      }
+      // The dense recurrence in double.
+      std::vector<double> h(h0.begin(), h0.end()), c(c0.begin(), c0.end());
+      std::vector<double> ref(static_cast<std::size_t>(batch * steps * H));
+      auto sig = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+      for (std::int64_t b = 0; b < batch; ++b) {
+        for (std::int64_t t = 0; t < steps; ++t) {
+          Eigen::VectorXd in(I);
+          for (std::int64_t k = 0; k < I; ++k) in(k) = xs[(b * steps + t) * I + k];
+          for (std::int64_t l = 0; l < L; ++l) {
+            Eigen::VectorXd hl(H);
+            for (std::int64_t k = 0; k < H; ++k) hl(k) = h[(l * batch + b) * H + k];
+            Eigen::VectorXd z = gates[2 * l].W * in + gates[2 * l + 1].W * hl;
+            if (!doped) {  // the dense W includes S: take it out again
+              for (int w = 0; w < 2; ++w) {
+                const auto& g = gates[2 * l + w];
+                const Eigen::VectorXd& v = w == 0 ? in : hl;
+                for (std::int64_t r = 0; r < 4 * H; ++r)
+                  for (std::int32_t e = g.indptr[r]; e < g.indptr[r + 1]; ++e)
+                    z(r) -= static_cast<double>(g.data[e]) * v(g.indices[e]);
+              }
+            }
+            for (std::int64_t k = 0; k < 4 * H; ++k) z(k) += bias[l][k];
+            for (std::int64_t k = 0; k < H; ++k) {
+              double& cc = c[(l * batch + b) * H + k];
+              cc = sig(z(H + k)) * cc + sig(z(k)) * std::tanh(z(2 * H + k));
+              h[(l * batch + b) * H + k] = sig(z(3 * H + k)) * std::tanh(cc);
+            }
+            in = Eigen::VectorXd(H);
+            for (std::int64_t k = 0; k < H; ++k) in(k) = h[(l * batch + b) * H + k];
+          }
+          for (std::int64_t k = 0; k < H; ++k) ref[(b * steps + t) * H + k] = in(k);
+        }
+      }
+      auto err = [](const std::vector<T>& got, const std::vector<double>& want) {
+        double e = 0;
+        for (std::size_t k = 0; k < want.size(); ++k) e = std::max(e, std::fabs(got[k] - want[k]));
+        return e;
+      };
+      const double tolerance = 200 * std::numeric_limits<T>::epsilon();
+      const std::string what = std::string(doped ? "doped" : "plain KP") + " LSTM, batch " +
+                               std::to_string(batch) + ", " + name<T>();
+      for (int threads : {1, 2}) {
+        lpfast::set_num_threads(threads);
+        std::vector<T> ys(ref.size()), hn(h0.size()), cn(c0.size());
+        lstm.sequence(xs.data(), batch, steps, h0.data(), c0.data(), ys.data(), hn.data(), cn.data());
+        check(err(ys, ref) <= tolerance && err(hn, h) <= tolerance && err(cn, c) <= tolerance,
+              "sequence vs dense recurrence, " + what + ", threads " + std::to_string(threads));
+        // The same steps one call each, state updated in place; x rows gathered per step.
+        std::vector<T> hs = h0, cs = c0, y(static_cast<std::size_t>(batch * H)), x(batch * I);
+        double step_err = 0;
+        for (std::int64_t t = 0; t < steps; ++t) {
+          for (std::int64_t b = 0; b < batch; ++b)
+            std::copy(xs.begin() + (b * steps + t) * I, xs.begin() + (b * steps + t + 1) * I,
+                      x.begin() + b * I);
+          lstm.step(x.data(), batch, hs.data(), cs.data(), y.data(), hs.data(), cs.data());
+          for (std::int64_t b = 0; b < batch; ++b)
+            for (std::int64_t k = 0; k < H; ++k)
+              step_err = std::max(step_err, std::fabs(y[b * H + k] - ref[(b * steps + t) * H + k]));
+        }
+        check(step_err <= tolerance && err(hs, h) <= tolerance && err(cs, c) <= tolerance,
+              "steps vs dense recurrence, " + what + ", threads " + std::to_string(threads));
+      }
+      lpfast::set_num_threads(0);
+    }
+  }
+  // Zero state and zero steps: h_n, c_n are zeros / the given state.
+  std::vector<lpfast::DopedLstmLayer<T>> layers(L);
+  for (std::int64_t l = 0; l < L; ++l) {
+    layers[l].ih = gates[2 * l].view(true);
+    layers[l].hh = gates[2 * l + 1].view(true);
+  }
+  const lpfast::DopedLstm<T> lstm(layers);
+  std::vector<T> hn(L * 3 * H, T(1)), cn(L * 3 * H, T(1)), ys;
+  lstm.sequence(nullptr, 3, 0, nullptr, nullptr, ys.data(), hn.data(), cn.data());
+  check(std::all_of(hn.begin(), hn.end(), [](T v) { return v == T(0); }) &&
+            std::all_of(cn.begin(), cn.end(), [](T v) { return v == T(0); }),
+        std::string("zero steps from a zero state give a zero state, ") + name<T>());
+  // Shapes that do not fit are refused by name.
+  bool refused = false;
+  try {
+    layers[1].hh = gates[1].view(true);  // fine (40 x 10)
+    layers[1].ih = gates[0].view(true);  // 40 x 12, but layer 1's input is H = 10
+    lpfast::DopedLstm<T> bad(layers);
+  } catch (const std::invalid_argument& e) {
+    refused = std::string(e.what()).find("layers[1].ih") != std::string::npos;
+  }
+  check(refused, std::string("a layer whose W_ih does not take H inputs is refused, ") + name<T>());
+}
+
 }  // namespace
 
 int main() {
@@ -274,6 +479,10 @@ int main() {
   test_irls_descends<double>();
   test_doped_kron<float>();
   test_doped_kron<double>();
+  test_lstm_activations<float>();
+  test_lstm_activations<double>();
+  test_doped_lstm<float>();
+  test_doped_lstm<double>();
   test_leverage<float>();
   test_leverage<double>();
   std::printf("%d failure(s)\n", failures);

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import _core
 from .kron import DopedKronecker, doped_kp_matmul
+from .doped_lstm import DopedLSTMRuntime
 from .kron_fit import doped_kp_fit, kron_factor_shapes, nearest_kronecker
 from .hidden_prune import HiddenPrune, hidden_keep_count, prune_hidden_units
 from .lewis import lewis_sample, lewis_weights
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DopedKronecker",
+    "DopedLSTMRuntime",
     "doped_kp_fit",
     "doped_kp_matmul",
     "get_num_threads",

@@ -135,3 +135,57 @@ def k_subspaces_fit(
     init_bases: Optional[npt.NDArray[np.floating]],
     coefficients: bool,
 ) -> tuple[object, ...]: ...
+
+class DopedLstmF32:
+    num_layers: int
+    input_size: int
+    hidden_size: int
+    nbytes: int
+    def __init__(self, layers: list[tuple]) -> None: ...
+    def step(
+        self,
+        x: npt.NDArray[np.float32],
+        h: npt.NDArray[np.float32],
+        c: npt.NDArray[np.float32],
+        y: npt.NDArray[np.float32],
+        h_out: npt.NDArray[np.float32],
+        c_out: npt.NDArray[np.float32],
+        check_finite: bool,
+    ) -> None: ...
+    def sequence(
+        self,
+        xs: npt.NDArray[np.float32],
+        h0: Optional[npt.NDArray[np.float32]],
+        c0: Optional[npt.NDArray[np.float32]],
+        ys: npt.NDArray[np.float32],
+        h_n: npt.NDArray[np.float32],
+        c_n: npt.NDArray[np.float32],
+        check_finite: bool,
+    ) -> None: ...
+
+class DopedLstmF64:
+    num_layers: int
+    input_size: int
+    hidden_size: int
+    nbytes: int
+    def __init__(self, layers: list[tuple]) -> None: ...
+    def step(
+        self,
+        x: npt.NDArray[np.float64],
+        h: npt.NDArray[np.float64],
+        c: npt.NDArray[np.float64],
+        y: npt.NDArray[np.float64],
+        h_out: npt.NDArray[np.float64],
+        c_out: npt.NDArray[np.float64],
+        check_finite: bool,
+    ) -> None: ...
+    def sequence(
+        self,
+        xs: npt.NDArray[np.float64],
+        h0: Optional[npt.NDArray[np.float64]],
+        c0: Optional[npt.NDArray[np.float64]],
+        ys: npt.NDArray[np.float64],
+        h_n: npt.NDArray[np.float64],
+        c_n: npt.NDArray[np.float64],
+        check_finite: bool,
+    ) -> None: ...

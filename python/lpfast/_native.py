@@ -54,6 +54,15 @@ def sell_kernel(A: Array, Bt: Array, slice_ptr: Array, row_of: Array, indices: A
                              data=data, bias=bias)
 
 
+def doped_lstm_kernel(layers: list[tuple], dtype: np.dtype) -> Any:
+    """The compiled doped LSTM stack of ``doped_lstm.hpp`` over ``layers``, per layer
+    ``(A_ih, B_ih, S_ih, A_hh, B_hh, S_hh, bias)`` with S ``(indptr, indices, data)`` (int32
+    indices) or None: ``kernel.step(x, h, c, y, h_out, c_out, check_finite)`` and
+    ``kernel.sequence(xs, h0, c0, ys, h_n, c_n, check_finite)`` (positional, per call)."""
+    cls = _core.DopedLstmF32 if np.dtype(dtype) == np.float32 else _core.DopedLstmF64
+    return cls(layers=layers)
+
+
 def kron_factor_grads(x: Array, dy: Array, A: Array, B: Array, dA: Array, dB: Array) -> None:
     """dA, dB of ``sum(dy * (x @ W.T))`` for the Kronecker part of W (written in place)."""
     _core.kron_factor_grads(x, dy, A, B, dA, dB)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["doped_kp_matmul", "kron_dense", "nearest_kronecker",
+__all__ = ["doped_kp_matmul", "doped_lstm_forward", "kron_dense", "nearest_kronecker",
            "lp_subspace", "lp_subspace_eps", "subspace_cost", "subspace_distances",
            "weighted_svd_basis",
            "k_subspaces_assign", "k_subspaces_lloyd",
@@ -48,6 +48,38 @@ def doped_kp_matmul(x, A, B, S=None, bias=None):
     if bias is not None:
         y = y + bias
     return y.reshape(*lead, m1 * m2)
+
+
+def doped_lstm_forward(xs, layers, h0=None, c0=None):
+    """torch.nn.LSTM's recurrence (batch-first, gates [i, f, g, o]) with dense matrices.
+
+    xs: (batch, T, I); layers: per layer (W_ih (4H, I_l), W_hh (4H, H), bias (4H,) or None),
+    e.g. W = kron_dense(A, B, S); h0, c0: (num_layers, batch, H), zeros when None.
+    Returns ys (batch, T, H) and (h_n, c_n), computed in the inputs' result dtype.
+    """
+    xs = np.asarray(xs)
+    dtype = np.result_type(xs, *(w for layer in layers for w in layer if w is not None))
+    H = np.asarray(layers[0][1]).shape[1]
+    shape = (len(layers), xs.shape[0], H)
+    h = np.zeros(shape, dtype) if h0 is None else np.array(h0, dtype=dtype)
+    c = np.zeros(shape, dtype) if c0 is None else np.array(c0, dtype=dtype)
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    ys = np.empty((xs.shape[0], xs.shape[1], H), dtype)
+    for t in range(xs.shape[1]):
+        inp = xs[:, t].astype(dtype)
+        for li, (W_ih, W_hh, bias) in enumerate(layers):
+            z = inp @ np.asarray(W_ih).T + h[li] @ np.asarray(W_hh).T
+            if bias is not None:
+                z = z + bias
+            i, f, g, o = np.split(z, 4, axis=1)
+            c[li] = sigmoid(f) * c[li] + sigmoid(i) * np.tanh(g)
+            h[li] = sigmoid(o) * np.tanh(c[li])
+            inp = h[li]
+        ys[:, t] = inp
+    return ys, (h, c)
 
 
 def nearest_kronecker(W, a_shape, b_shape, rank=1):

@@ -24,6 +24,7 @@ from .compression.linear import fit_linear, params_for_ratio
 from .compression.prune import PairReport, PruneReport, ffn_pairs, prune_ffn
 from .distillation.distill import DistillLayerReport, DistillReport, distill, output_error
 from .layers.annealing import DensitySchedule, SparsityAnnealer
+from .layers.doped_lstm import DopedLSTM
 from .layers.kron import DopedKroneckerLinear, co_matrix_dropout
 from .layers.lowrank import LowRankEmbedding, LowRankLinear
 from .layers.lowrank_sparse import LowRankSparseLinear
@@ -47,6 +48,7 @@ __all__ = [
     "register_method",
     "DensitySchedule",
     "DopedKroneckerLinear",
+    "DopedLSTM",
     "LowRankEmbedding",
     "LowRankLinear",
     "ProjectiveEmbedding",

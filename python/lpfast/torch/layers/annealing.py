@@ -2,18 +2,22 @@
 pruned down to its target density during training, keeping the largest entries.
 
 * :class:`DensitySchedule`  the density at a training step (a gradual-pruning curve);
-* :class:`SparsityAnnealer`  applies a schedule to every ``DopedKroneckerLinear`` of a model
-  through the layers' own ``prune_`` / ``compact_``.
+* :class:`SparsityAnnealer`  applies a schedule to every doped layer of a model through the
+  layers' own ``prune_`` / ``compact_``.
+
+A doped layer is any module with ``prune_(density) -> int`` (keep the largest-magnitude
+entries of its sparse part(s), masking the rest, never regrowing) and ``compact_()`` (drop
+the masked entries): ``DopedKroneckerLinear`` and ``DopedLSTM`` (which prunes each of its
+gate matrices) are.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 from torch import nn
 
 from ..._validate import as_float, as_int
-from .kron import DopedKroneckerLinear
 
 __all__ = ["DensitySchedule", "SparsityAnnealer"]
 
@@ -54,30 +58,54 @@ class DensitySchedule:
                 f"start={self.start}, end={self.end}, power={self.power})")
 
 
+def is_doped(module: Any) -> bool:
+    """Whether ``module`` follows the doped-layer protocol (``prune_`` and ``compact_``)."""
+    return (isinstance(module, nn.Module) and callable(getattr(module, "prune_", None))
+            and callable(getattr(module, "compact_", None)))
+
+
+def doped_layers(model: nn.Module) -> list[nn.Module]:
+    """The outermost doped layers of ``model`` (itself included), each once, in module order:
+    a doped layer made of doped layers (``DopedLSTM``'s gate matrices) prunes them itself."""
+    found: list[nn.Module] = []
+
+    def walk(m: nn.Module) -> None:
+        if is_doped(m):
+            if all(m is not f for f in found):
+                found.append(m)
+            return
+        for child in m.children():
+            walk(child)
+
+    walk(model)
+    return found
+
+
 class SparsityAnnealer:
     """Applies a :class:`DensitySchedule` to doped layers during training.
 
     Call :meth:`step` once per training step (after ``optimizer.step()``): every ``every``
     steps each layer is pruned to the schedule's density, keeping its largest-magnitude
-    entries (:meth:`DopedKroneckerLinear.prune_`). :meth:`finalize` prunes to the target and
-    compacts S (rebuild the optimizer afterwards if training goes on).
+    entries (:meth:`DopedKroneckerLinear.prune_`, :meth:`DopedLSTM.prune_`). :meth:`finalize`
+    prunes to the target and compacts S (rebuild the optimizer afterwards if training goes
+    on).
 
     Parameters
     ----------
-    layers : nn.Module or iterable of DopedKroneckerLinear
-        A model (all its DopedKroneckerLinear modules) or the layers themselves.
+    layers : nn.Module or iterable of doped layers
+        A model (its outermost doped layers, :func:`doped_layers`) or the layers themselves:
+        modules with ``prune_(density)`` and ``compact_()``, e.g. ``DopedKroneckerLinear``,
+        ``DopedLSTM``.
     schedule : DensitySchedule or callable(step) -> density
     every : int >= 1
     """
 
-    def __init__(self, layers: Union[nn.Module, Iterable[DopedKroneckerLinear]],
+    def __init__(self, layers: Union[nn.Module, Iterable[nn.Module]],
                  schedule: Callable[[int], float], every: int = 1):
-        if isinstance(layers, nn.Module):
-            found = [m for m in layers.modules() if isinstance(m, DopedKroneckerLinear)]
-        else:
-            found = list(layers)
-        if not found or not all(isinstance(m, DopedKroneckerLinear) for m in found):
-            msg = "layers: expected a module holding DopedKroneckerLinear layers, or such layers"
+        found = doped_layers(layers) if isinstance(layers, nn.Module) else list(layers)
+        if not found or not all(is_doped(m) for m in found):
+            msg = ("layers: expected a module holding doped layers (modules with prune_ and "
+                   "compact_: DopedKroneckerLinear, DopedLSTM), or such layers")
             raise ValueError(msg)
         if not callable(schedule):
             msg = f"schedule: expected a DensitySchedule or callable(step), got {type(schedule).__name__}"
