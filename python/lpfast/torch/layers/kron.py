@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ... import DopedKronecker, doped_kp_fit
 from ..._validate import as_factor_shapes, as_float, as_int, as_shape2
-from .._checks import check_input, check_module, layer_dtype
+from .._checks import check_input, check_module, check_state_csr, layer_dtype
 from .._eager import plain_inference
 from ..ops import doped_kp_matmul
 
@@ -400,6 +400,8 @@ class DopedKroneckerLinear(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The forward hands S to C++ unchecked: a state_dict is checked once, here.
+        check_state_csr(self, state_dict, prefix, (self.out_features, self.in_features))
         # S's size (and the mask's presence) varies with pruning: adopt the stored one.
         _resize_from_state_dict(self, state_dict, prefix,
                                 ("S_values", "S_crow_indices", "S_col_indices", "S_mask"))
