@@ -66,6 +66,19 @@ def co_matrix_dropout(values: Tensor, p: float, training: bool = True) -> Tensor
     -------
     Tensor, shape (nnz,), same dtype.
     """
+    if not isinstance(values, Tensor) or not values.is_floating_point():
+        what = values.dtype if isinstance(values, Tensor) else type(values).__name__
+        msg = f"values: expected a floating-point tensor, got {what}"
+        raise TypeError(msg)
+    p = as_float(p, "p", low=0.0)
+    if p >= 1:
+        msg = f"p: expected a dropout probability in [0, 1), got {p}"
+        raise ValueError(msg)
+    return _dropout(values, p, bool(training))
+
+
+def _dropout(values: Tensor, p: float, training: bool) -> Tensor:
+    """:func:`co_matrix_dropout` on checked arguments (the layer's per-call path)."""
     return F.dropout(values, p, training) if training and p > 0 else values
 
 
@@ -177,7 +190,7 @@ class DopedKroneckerLinear(nn.Module):
 
     def _effective_values(self) -> Tensor:
         v = self.S_values if self.S_mask is None else self.S_values * self.S_mask
-        return co_matrix_dropout(v, self.cmr, self.training)
+        return _dropout(v, self.cmr, self.training)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in_features) -> (..., out_features), the layer's dtype.
