@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .._files import load_failure
+
 
 class CliError(Exception):
     """A user error: printed as ``error: ...``, exit code 2."""
@@ -20,12 +22,6 @@ def tensor_to_numpy(t: Any) -> np.ndarray:
     if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)  # float16 / bfloat16: NumPy has no bfloat16
     return t.numpy()
-
-
-def why(e: BaseException) -> str:
-    """``TypeName: first line of the message`` of an exception, for one-line errors."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _check_npy_size(f: Any, size: int, where: str) -> None:
@@ -65,12 +61,11 @@ def load_torch(path: str, allow_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
-        refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
-        if not allow_pickle and refused:
-            raise CliError(f"{path}: holds pickled Python objects ({refused[0]}), not only "
-                           f"tensors; unpickling runs code from the file: if it is a whole "
-                           f"model you trust, pass --allow-pickle") from e
-        raise CliError(f"{path}: cannot load ({why(e)})") from e
+        if not allow_pickle and "GLOBAL" in str(e):
+            raise CliError(f"{path}: holds pickled Python objects ({load_failure(e)}), not "
+                           f"only tensors; unpickling runs code from the file: if it is a "
+                           f"whole model you trust, pass --allow-pickle") from e
+        raise CliError(f"{path}: cannot load ({load_failure(e)})") from e
 
 
 def _pick(obj: Any, key: str | None, path: str, ndim: int) -> np.ndarray:
@@ -135,5 +130,5 @@ def load_array(spec: str, ndim: int = 2, allow_pickle: bool = False) -> np.ndarr
     except CliError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated/garbage: ValueError, EOFError, BadZipFile...
-        raise CliError(f"{path}: cannot read ({why(e)})") from e
+        raise CliError(f"{path}: cannot read ({load_failure(e)})") from e
     return _pick(obj, key, path, ndim)

@@ -40,9 +40,8 @@ def compress(args: argparse.Namespace) -> int:
             check_input_file(args.calibration, "--calibration")
             try:
                 calibration = lt.Calibration.load(args.calibration)
-            except (OSError, ValueError, TypeError) as e:
-                raise CliError(f"--calibration: {args.calibration}: not a saved lpfast "
-                               f"calibration (Calibration.save) ({e})") from e
+            except (OSError, ValueError) as e:  # ValueError: "PATH: not a saved calibration"
+                raise CliError(f"--calibration: {e}") from e
         print(f"loading {args.input}")
         model = _load_model(args.input, args.allow_pickle, torch)
     except CliError as e:
@@ -114,7 +113,8 @@ def _load_model(path: str, allow_pickle: bool, torch):
         hint = (" (a state_dict? compress needs the whole model: torch.save(model, path), "
                 "read with --allow-pickle)" if isinstance(model, dict) else
                 " (save the model itself with torch.save(model, path))")
-        raise CliError(f"IN.pt: {path} holds a {type(model).__name__}, not a torch.nn.Module{hint}")
+        what = type(model).__name__
+        raise CliError(f"IN.pt: {path} holds a {what}, not a torch.nn.Module{hint}")
     return model
 
 

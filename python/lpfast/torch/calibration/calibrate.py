@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..._files import load_failure
 from ._running import (Progress, _HookError, batch_list, check_model, eval_mode, first_input,
                        known_length, match_linears, removing, run_batch)
 
@@ -185,8 +186,7 @@ class Calibration(Mapping):
         except OSError:
             raise
         except Exception as e:  # noqa: BLE001 - UnpicklingError, BadZipFile, EOFError, ...
-            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            msg = f"{path}: not a saved lpfast calibration ({type(e).__name__}: {text})"
+            msg = f"{path}: not a saved lpfast calibration ({load_failure(e)})"
             raise ValueError(msg) from None
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..._files import load_failure
 from ..layers.kron import DopedKroneckerLinear
 from ..layers.lowrank import LowRankEmbedding, LowRankLinear
 from ..layers.lowrank_sparse import LowRankSparseLinear
@@ -138,11 +139,8 @@ def load_compressed(path: Any, model: nn.Module) -> nn.Module:
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        # torch's refusal of a pickled class: show which one, not its advice to unpickle
-        why = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
         msg = (f"{path}: not a compressed model saved by lpfast.torch.save_compressed "
-               f"({type(e).__name__}{': ' + why if why else ''})")
+               f"({load_failure(e)})")
         raise ValueError(msg) from None
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         msg = f"{path}: not a compressed model saved by lpfast.torch.save_compressed"
