@@ -306,10 +306,12 @@ def as_rows(a: Any, name: str, d: int, dtype: np.dtype, *, single: bool = False)
     return rows
 
 
-def as_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, x: np.ndarray) -> np.ndarray:
+def as_out(out: Any, shape: tuple[int, ...], dtype: np.dtype,
+           inputs: dict[str, np.ndarray | None]) -> np.ndarray:
     """A new array of ``shape``, or the caller's ``out=``: C-contiguous, writeable, of
-    ``dtype`` and ``shape``, not overlapping the input ``x`` (the kernels read x while they
-    write out)."""
+    ``dtype`` and ``shape``, and sharing memory with none of ``inputs`` (name -> the
+    normalized array the kernel reads, None skipped): the kernels read every input while
+    they write out, so an ``out`` over A would overwrite A mid-product."""
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray) or out.dtype != dtype or not out.flags.c_contiguous:
@@ -321,9 +323,10 @@ def as_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, x: np.ndarray) -> 
     if not out.flags.writeable:
         msg = "out: array is read-only"
         raise ValueError(msg)
-    if np.may_share_memory(out, x):
-        msg = "out: must not overlap x"
-        raise ValueError(msg)
+    for name, a in inputs.items():
+        if a is not None and np.may_share_memory(out, a):
+            msg = f"out: must not overlap {name}"
+            raise ValueError(msg)
     return out
 
 

@@ -221,7 +221,8 @@ class DopedKronecker:
         """
         m, n = self._shape
         rows, lead = _batch_rows(x, n, self.dtype)
-        y = as_out(out, (*lead, m), self.dtype, rows)
+        # The operator's own arrays are private read-only copies: only x can overlap out.
+        y = as_out(out, (*lead, m), self.dtype, {"x": rows})
         if self._serve is not None and rows.shape[0] == 1:
             self._serve(rows, y.reshape(1, m), self.check_finite)
             return y
@@ -302,7 +303,8 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     rows, lead = _batch_rows(x, n, dtype)
     indptr, indices, data = (None, None, None) if S is None else as_csr(
         S, "S", (m, n), dtype, check_finite=check_finite)
-    y = as_out(out, (*lead, m), dtype, rows)
+    y = as_out(out, (*lead, m), dtype, {"x": rows, "A": A, "B": B, "S.indptr": indptr,
+                                        "S.indices": indices, "S.data": data, "bias": bias})
     _native.doped_kron_matmul(x=rows, A=A, B=B, indptr=indptr, indices=indices, data=data,
                               bias=bias, out=y.reshape(rows.shape[0], m), check_finite=check_finite)
     return y
