@@ -193,6 +193,32 @@ def as_csr(
     return indptr, indices, data
 
 
+def state_entries(d: Any, owner: str, required: tuple[str, ...]) -> tuple[list[Any], Any]:
+    """The ``required`` entries of a ``to_dict()`` mapping ``d`` and its sparse part.
+
+    Returns ``([d[key] for key in required], S)`` with ``S`` the tuple ``(S_indptr,
+    S_indices, S_data)``, or None when none of the three keys is present. ``owner`` names
+    the class whose ``to_dict`` made ``d`` (for the messages).
+    """
+    from collections.abc import Mapping
+
+    if not isinstance(d, Mapping):
+        msg = f"d: expected the dict {owner}.to_dict() returns, got {type(d).__name__}"
+        raise TypeError(msg)
+    for key in required:
+        if key not in d:
+            msg = f"d: missing key {key!r} (expected the output of {owner}.to_dict)"
+            raise ValueError(msg)
+    sparse = ("S_indptr", "S_indices", "S_data")
+    present = [k for k in sparse if k in d]
+    if present and len(present) < len(sparse):
+        absent = [k for k in sparse if k not in d]
+        msg = (f"d: has {', '.join(map(repr, present))} but not {', '.join(map(repr, absent))}: "
+               f"a sparse part needs all of {sparse}")
+        raise ValueError(msg)
+    return [d[key] for key in required], tuple(d[k] for k in sparse) if present else None
+
+
 # -- scalars and choices -----------------------------------------------------------------------
 
 def as_choice(value: Any, name: str, choices: tuple[str, ...], *,

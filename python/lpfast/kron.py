@@ -20,6 +20,7 @@ from ._validate import (
     as_out,
     common_float_dtype,
     doped_matmul_shapes,
+    state_entries,
 )
 
 __all__ = ["DopedKronecker", "doped_kp_matmul"]
@@ -254,12 +255,7 @@ class DopedKronecker:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, check_finite: bool = True) -> DopedKronecker:
         """Inverse of ``to_dict``."""
-        try:
-            A, B = d["A"], d["B"]
-        except KeyError as e:
-            msg = f"d: missing key {e.args[0]!r} (expected the output of DopedKronecker.to_dict)"
-            raise ValueError(msg) from None
-        S = (d["S_indptr"], d["S_indices"], d["S_data"]) if "S_data" in d else None
+        (A, B), S = state_entries(d, "DopedKronecker", ("A", "B"))
         return cls(A, B, S, d.get("bias"), check_finite=check_finite)
 
     def __reduce__(self):

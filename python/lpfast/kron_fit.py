@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import (RatioTooSmall, as_factor_shapes, as_float, as_float_array, as_int,
+from ._validate import (RatioTooSmall, as_factor_shapes, as_float, as_int, as_matrix,
                         as_ratio)
 from .kron import DopedKronecker
 
@@ -144,7 +144,7 @@ def nearest_kronecker(W: Any, a_shape: Any, b_shape: Any, rank: int = 1) -> Dope
     as sqrt(sigma) u and sqrt(sigma) v, signs fixed so u's largest entry is positive.
     Cost: a truncated SVD of an (m1*n1, m2*n2) matrix.
     """
-    W = as_float_array(W, "W", ndim=2)
+    W = as_matrix(W, "W")  # an empty W has no factors to fit
     a_shape, b_shape = as_factor_shapes(W.shape, a_shape, b_shape)
     rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
     A, B = _kron_factors(W, a_shape, b_shape, rank)
@@ -194,7 +194,7 @@ def doped_kp_fit(W: Any, a_shape: Any = None, b_shape: Any = None, density: floa
     Cost per round and shape: one truncated SVD of (m1*n1, m2*n2) plus O(m*n) for the
     residual.
     """
-    W = as_float_array(W, "W", ndim=2)
+    W = as_matrix(W, "W")  # an empty W has no factors to fit
     m, n = W.shape
     if (a_shape is None) != (b_shape is None):
         msg = "a_shape, b_shape: give both or neither"
