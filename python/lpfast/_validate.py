@@ -19,13 +19,20 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _kind_error(name: str, dtype: np.dtype) -> TypeError:
+def _kind_error(name: str, dtype: Any) -> TypeError:
     return TypeError(f"{name}: expected a real floating-point (or integer) array, got dtype {dtype}")
 
 
 def float_dtype_of(a: Any, name: str) -> np.dtype | None:
     """The float dtype an array-like computes in: its own if float32/64, None for ints/bools."""
-    dtype = np.asarray(a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
+    if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor: its dtype by name
+        tname = str(a.dtype).removeprefix("torch.")
+        try:
+            dtype = np.dtype("float16" if tname == "bfloat16" else tname)
+        except TypeError:
+            raise _kind_error(name, tname) from None
+    else:
+        dtype = as_ndarray(a, name).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
     if dtype in FLOAT_DTYPES:
         return dtype
     if dtype.kind in "iub":
@@ -65,8 +72,8 @@ def as_float_array(
 ) -> np.ndarray:
     """``a`` as a C-contiguous float array of ``dtype`` (default: its own float dtype)."""
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a CPU torch tensor: view, never copy
-        a = a.detach().cpu().numpy()
-    arr = np.asarray(a)
+        a = tensor_as_numpy(a, name)
+    arr = as_ndarray(a, name)
     own = float_dtype_of(arr, name)
     if dtype is None:
         dtype = own if own is not None else np.dtype(np.float64)
@@ -80,6 +87,31 @@ def as_float_array(
     if check_finite:
         require_finite(arr, name)
     return arr
+
+
+def tensor_as_numpy(t: Any, name: str) -> np.ndarray:
+    """A torch tensor's values as NumPy (a view of a dense CPU tensor); bfloat16, which
+    NumPy lacks, becomes float64 (as float16 computes in float64 here)."""
+    if getattr(t, "is_meta", False):
+        msg = f"{name}: a meta tensor has no values to compute with"
+        raise ValueError(msg)
+    t = t.detach()
+    if str(getattr(t, "dtype", "")) == "torch.bfloat16":
+        t = t.double()
+    try:
+        return t.cpu().numpy()
+    except (TypeError, RuntimeError) as e:  # sparse layouts, tensors NumPy cannot hold
+        msg = f"{name}: cannot read this tensor as an array ({e})"
+        raise TypeError(msg) from None
+
+
+def as_ndarray(a: Any, name: str) -> np.ndarray:
+    """``np.asarray(a)``, with the error of a ragged nested sequence naming ``name``."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:  # "setting an array element with a sequence ... inhomogeneous"
+        msg = f"{name}: expected a rectangular array, got a ragged sequence ({e})"
+        raise ValueError(msg) from None
 
 
 def require_finite(arr: np.ndarray, name: str) -> None:

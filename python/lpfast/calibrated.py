@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ._gram import Gram, as_gram, as_ridge, csr_parts, dense_sparse, doping
-from ._validate import (as_csr, as_float, as_float_array, as_int, common_float_dtype,
-                        state_entries)
+from ._validate import (as_csr, as_float, as_float_array, as_int, as_ndarray,
+                        common_float_dtype, state_entries, tensor_as_numpy)
 
 __all__ = ["LowRankSparse", "calibration_error", "lowrank_fit", "lowrank_sparse_fit"]
 
@@ -237,7 +237,7 @@ class LowRankSparse:
         """``x @ W.T + bias`` for x of shape (..., in) and the operator's dtype; returns
         (..., out). Cost: N*(r*(in + out) + nnz) multiply-adds for N rows."""
         out, n = self.shape
-        x = np.asarray(x.detach().numpy() if hasattr(x, "detach") else x)
+        x = tensor_as_numpy(x, "x") if hasattr(x, "detach") else as_ndarray(x, "x")
         if x.ndim == 0 or x.shape[-1] != n:
             msg = f"x: expected shape (..., {n}), got {x.shape}"
             raise ValueError(msg)

@@ -21,6 +21,7 @@ from ._validate import (
     common_float_dtype,
     doped_matmul_shapes,
     state_entries,
+    tensor_as_numpy,
 )
 
 __all__ = ["DopedKronecker", "doped_kp_matmul"]
@@ -66,7 +67,7 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
         lead = x.shape[:-1]
         return x.reshape(math.prod(lead), n), lead
     if hasattr(x, "detach") and hasattr(x, "numpy"):
-        x = x.detach().numpy()
+        x = tensor_as_numpy(x, "x")
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[-1] != n:  # the shape first: its message names the width
         msg = f"x: expected shape (..., {n}), got {x.shape}"
