@@ -270,3 +270,34 @@ def test_bad_X():
     r = lpfast.k_subspaces(np.random.default_rng(1).standard_normal((30, 4)), 2, 1, seed=0)
     with pytest.raises(ValueError, match="Y"):
         r.predict(np.ones((2, 3)))
+
+
+def test_rank_deficient_init_bases_refused():
+    # lp_subspace refuses such an init; k_subspaces accepted it and fitted from it.
+    X = np.random.default_rng(0).standard_normal((50, 5))
+    B0 = np.random.default_rng(1).standard_normal((2, 5, 2))
+    B0[1, :, 1] = 2 * B0[1, :, 0]
+    with pytest.raises(ValueError, match=r"^init_bases\[1\]: columns are linearly dependent"):
+        lpfast.k_subspaces(X, 2, 2, init_bases=B0)
+
+
+def test_mixed_float_dtypes_refused_weights_converted():
+    X = np.random.default_rng(0).standard_normal((50, 5))
+    B0 = np.random.default_rng(1).standard_normal((2, 5, 2))
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: X is float32 but init_bases is float64"):
+        lpfast.k_subspaces(X.astype(np.float32), 2, 2, init_bases=B0)
+    r = lpfast.k_subspaces(X.astype(np.float32), 2, 2, seed=0, n_init=1)
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: bases is float32 but Y is float64"):
+        r.predict(X[:3])
+    with pytest.raises(TypeError, match=r"^mismatched dtypes"):
+        r.coefficients(X[:3])
+    np.testing.assert_array_equal(r.predict(X[:3].astype(np.float32)), r.labels[:3])
+    np.testing.assert_array_equal(r.predict(np.ones((1, 5), dtype=np.int64)),
+                                  r.predict(np.ones((1, 5), dtype=np.float32)))
+    # Per-row weights are a vector of n: converted, as the README says.
+    w = 1.0 + np.arange(50) % 4 / 4  # exact in float32
+    a = lpfast.k_subspaces(X.astype(np.float32), 2, 2, weights=w, seed=0, n_init=1)
+    b = lpfast.k_subspaces(X.astype(np.float32), 2, 2, weights=w.astype(np.float32), seed=0,
+                           n_init=1)
+    assert a.bases.dtype == np.float32
+    np.testing.assert_array_equal(a.bases, b.bases)

@@ -85,10 +85,11 @@ def test_subspace_cost_matches_reference(dtype):
     X, B = planted(n=700, dtype=dtype)  # more rows than one 256-row block of the kernel
     w = np.random.default_rng(8).uniform(0.0, 2.0, len(X))
     rtol = 1e-5 if dtype == np.float32 else 1e-12
+    Bx = B.astype(dtype)  # the basis in X's dtype: mixing float32 and float64 is refused
     for p in (0.5, 1.0, 1.5, 2.0, 3.0):
         X64 = X.astype(np.float64)
-        assert lpfast.subspace_cost(X, B, p) == pytest.approx(ref.subspace_cost(X64, B, p), rel=rtol)
-        assert lpfast.subspace_cost(X, B, p, weights=w) == pytest.approx(
+        assert lpfast.subspace_cost(X, Bx, p) == pytest.approx(ref.subspace_cost(X64, B, p), rel=rtol)
+        assert lpfast.subspace_cost(X, Bx, p, weights=w) == pytest.approx(
             ref.subspace_cost(X64, B, p, w.astype(dtype)), rel=rtol)
 
 
@@ -140,7 +141,7 @@ def test_p2_equals_svd(dtype, weighted):
     assert seen == [(0, res.cost)]
     np.testing.assert_allclose(res.basis.T @ res.basis, np.eye(3), atol=1e-5 if dtype == np.float32 else 1e-12)
     # Only the SVD start is the optimum: from another start IRLS steps to it.
-    other = lpfast.lp_subspace(X, 3, 2.0, weights=w, init=np.eye(15)[:, 5:8])
+    other = lpfast.lp_subspace(X, 3, 2.0, weights=w, init=np.eye(15, dtype=dtype)[:, 5:8])
     assert other.n_iter >= 1 and other.converged
     assert projector_distance(other.basis, res.basis) <= close
     # A coreset cannot improve on the exact optimum and is not used.
@@ -355,3 +356,22 @@ def test_bad_X(X, exc):
 def test_k_larger_than_n():
     with pytest.raises(ValueError, match="k"):
         lpfast.lp_subspace(np.ones((3, 8)), 4)
+
+
+def test_mixed_float_dtypes_refused_weights_converted():
+    X32 = X_OK.astype(np.float32)
+    V = np.linalg.qr(np.random.default_rng(1).standard_normal((5, 2)))[0]
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: X is float32 but basis is float64"):
+        lpfast.subspace_cost(X32, V)
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: X is float32 but init is float64"):
+        lpfast.lp_subspace(X32, 2, init=V)
+    assert lpfast.subspace_cost(X32, V.astype(np.float32)) > 0
+    assert lpfast.lp_subspace(X32, 2, init=V.astype(np.float32)).basis.dtype == np.float32
+    # Per-row weights are a vector of n: converted to X's dtype, as the README says.
+    w = np.linspace(1.0, 2.0, 20)
+    a = lpfast.lp_subspace(X32, 2, weights=w)
+    b = lpfast.lp_subspace(X32, 2, weights=w.astype(np.float32))
+    assert a.basis.dtype == np.float32
+    np.testing.assert_array_equal(a.basis, b.basis)
+    assert lpfast.subspace_cost(X32, a.basis, weights=w) == lpfast.subspace_cost(
+        X32, a.basis, weights=w.astype(np.float32))

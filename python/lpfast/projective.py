@@ -14,7 +14,8 @@ import numpy as np
 
 from . import _native
 from ._validate import (as_choice, as_eps, as_float, as_float_array, as_generator, as_int,
-                        as_matrix, as_row_weights, as_rows, default_eps)
+                        as_matrix, as_row_weights, as_rows, common_float_dtype, default_eps,
+                        orthonormal_columns)
 
 __all__ = ["KSubspaces", "k_subspaces"]
 
@@ -79,6 +80,7 @@ class KSubspaces:
 
     def _assign(self, Y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         one = np.ndim(Y) == 1 if not hasattr(Y, "ndim") else Y.ndim == 1
+        common_float_dtype({"bases": self.bases, "Y": Y})  # float32 with float64: TypeError
         rows = as_rows(Y, "Y", self.bases.shape[1], self.bases.dtype, single=True)
         labels, dist2, coef = _native.k_subspaces_assign(X=rows, bases=self.bases)
         return labels, dist2, coef, one
@@ -196,9 +198,9 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     seed : int, numpy Generator or None
         Same seed, same result, for any thread count: restart r draws from its own stream
         derived from (seed, r).
-    init_bases : array_like, shape (k, d, j), optional
-        Start from these bases (orthonormalized by QR) instead of seeding: one Lloyd run,
-        ``n_init`` and ``seeding`` ignored.
+    init_bases : array_like, shape (k, d, j), optional, X's float dtype
+        Start from these bases (each orthonormalized by QR; each must have rank j) instead
+        of seeding: one Lloyd run, ``n_init`` and ``seeding`` ignored.
     irls_steps : int >= 1
         For p != 2: IRLS steps per cluster per Lloyd iteration (default 3).
     eps : float > 0, optional
@@ -232,6 +234,7 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     per cluster. ``lpfast.reference.k_subspaces_lloyd`` is the NumPy version of the same
     iteration.
     """
+    common_float_dtype({"X": X, "init_bases": init_bases})  # float32 with float64: TypeError
     X = as_matrix(X, "X", min_cols=2, check_finite=check_finite)
     dtype = X.dtype
     n, d = X.shape
@@ -258,6 +261,8 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
         if V0.shape != (k, d, j):
             msg = f"init_bases: expected shape {(k, d, j)}, got {V0.shape}"
             raise ValueError(msg)
+        # Orthonormalized here, refusing rank < j as lp_subspace refuses such an init.
+        V0 = np.stack([orthonormal_columns(V0[c], f"init_bases[{c}]") for c in range(k)])
 
     core_seed = int(rng.integers(0, 2**63 - 1))
     info: dict[str, Any] = {"eps": eps}

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _native
 from ._validate import (as_basis, as_callable, as_choice, as_eps, as_float,
-                        as_int, as_matrix, as_row_weights, as_rows,
+                        as_int, as_matrix, as_row_weights, as_rows, common_float_dtype,
                         orthonormal_columns)
 
 __all__ = ["LpSubspace", "lp_subspace", "subspace_cost"]
@@ -142,14 +142,15 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
         (``n_iter`` 0, ``converged`` True, ``history == [cost]``, ``coreset`` unused).
     weights : array_like, shape (n,), optional
         Non-negative per-row weights w (default 1), e.g. token frequencies or coreset
-        weights; at least one must be positive. Converted to X's dtype.
+        weights; at least one must be positive. Converted to X's dtype (a vector of n, so
+        float64 weights for float32 X are fine, unlike a float64 ``init``).
     max_iter : int >= 1
         At most this many IRLS steps.
     tol : float >= 0
         Stop when a step lowers the cost by at most ``tol`` times the previous cost.
     init : "svd" or array_like, shape (d, k)
         Start basis: the weighted SVD basis (the p = 2 optimum), or given columns
-        (orthonormalized by QR; they must have rank k).
+        (orthonormalized by QR; they must have rank k) of X's float dtype.
     coreset : int, optional
         Fit first on a Lewis-weight sample of this many rows
         (``lpfast.lewis_sample(X, coreset, p, seed=seed, method="sketch")``, p < 4; sample
@@ -195,6 +196,8 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
     distance pass for the cost (n*d^2 + 2*n*d*k flops); an IRLS step would form the same
     Gram again to return the same basis.
     """
+    if not isinstance(init, str):
+        common_float_dtype({"X": X, "init": init})  # float32 with float64: TypeError
     X = as_matrix(X, "X")  # own float dtype, else float64; tensors viewed
     n, d = X.shape
     k = as_int(k, "k", low=1, high=min(n, d))
@@ -256,14 +259,16 @@ def subspace_cost(X: Any, basis: Any, p: float = 1.0, *, weights: Any = None) ->
     Parameters
     ----------
     X : array_like, shape (n, d)
-    basis : array_like, shape (d, k), orthonormal columns (not checked), converted to X's dtype
+    basis : array_like, shape (d, k), orthonormal columns (not checked), X's float dtype
+        (float32 with float64 is a TypeError; integers are converted)
     p : float >= 1 (any p > 0 is accepted here)
-    weights : array_like, shape (n,), optional, non-negative
+    weights : array_like, shape (n,), optional, non-negative, converted to X's dtype
 
     Returns
     -------
     float (summed in float64, in one pass over X: 2*n*d*k flops).
     """
+    common_float_dtype({"X": X, "basis": basis})  # float32 with float64: TypeError
     X = as_matrix(X, "X")
     n, d = X.shape
     V = as_basis(basis, "basis", d, None, X.dtype)
