@@ -375,3 +375,57 @@ def test_mixed_float_dtypes_refused_weights_converted():
     np.testing.assert_array_equal(a.basis, b.basis)
     assert lpfast.subspace_cost(X32, a.basis, weights=w) == lpfast.subspace_cost(
         X32, a.basis, weights=w.astype(np.float32))
+
+
+# -- scale: float32 at 1e-30 or 1e19 (issue 18) ---------------------------------------------------
+
+def cosines(a, b):
+    """Cosines of the principal angles between span(a) and span(b)."""
+    return np.linalg.svd(a.T.astype(np.float64) @ b.astype(np.float64), compute_uv=False)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e19, 1e30, 3e37])
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_float32_at_extreme_scales(scale, p):
+    # At 1e-30 the float32 Grams underflowed (cosines 0.42 and 0.03 against the unscaled
+    # fit); from 1e19 they overflowed into "symmetric eigensolver did not converge".
+    X = np.random.default_rng(0).standard_normal((30, 6))
+    a = lpfast.lp_subspace((X * scale).astype(np.float32), 2, p=p)
+    b = lpfast.lp_subspace(X.astype(np.float32), 2, p=p)
+    np.testing.assert_allclose(cosines(a.basis, b.basis), 1.0, atol=1e-4)
+    assert a.cost / scale**p == pytest.approx(b.cost, rel=1e-4)
+    assert a.eps / scale == pytest.approx(b.eps, rel=1e-4)
+    cost = lpfast.subspace_cost((X * scale).astype(np.float32), b.basis, p)
+    assert cost / scale**p == pytest.approx(b.cost, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("e", [-400, -100, 100, 400])
+def test_power_of_two_scales(dtype, e):
+    # Scaled by 2**e the data are the same numbers to the bit: the bases agree to rounding
+    # and the costs (history, callback) are 2**(e p) times the unscaled ones.
+    if dtype == np.float32 and abs(e) > 120:
+        return
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    X = np.random.default_rng(1).standard_normal((40, 5)).astype(dtype)
+    Xs = np.ldexp(X, e)
+    for p in (1.0, 1.5, 2.0):
+        seen = []
+        a = lpfast.lp_subspace(Xs, 2, p=p, callback=lambda i, c: seen.append(c))
+        b = lpfast.lp_subspace(X, 2, p=p)
+        np.testing.assert_allclose(a.basis, b.basis, atol=tol)
+        np.testing.assert_allclose(a.history[-1], b.history[-1] * 2.0 ** (e * p), rtol=tol)
+        np.testing.assert_allclose(seen, a.history, rtol=1e-15)  # the callback's units too
+        assert a.eps == np.ldexp(b.eps, e)
+        U, _ = a.factorize()
+        np.testing.assert_array_equal(U, Xs @ a.basis)  # factorize uses the caller's X
+
+
+def test_p_beyond_the_supported_range_is_a_value_error():
+    X = np.random.default_rng(0).standard_normal((30, 6))
+    for dtype in DTYPES:
+        with pytest.raises(ValueError, match=r"^p: expected a value in \[1.0, 100.0\], got 1000"):
+            lpfast.lp_subspace(X.astype(dtype), 2, p=1000)
+        assert np.isfinite(lpfast.lp_subspace(X.astype(dtype), 2, p=100).cost)
+    with pytest.raises(ValueError, match=r"^p: expected a value in \[0.0, 100.0\]"):
+        lpfast.subspace_cost(X, np.eye(6)[:, :2], p=101)

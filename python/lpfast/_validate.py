@@ -432,6 +432,77 @@ def default_eps(X: np.ndarray, weights: np.ndarray | None = None) -> float:
     return float(np.sqrt(np.finfo(X.dtype).eps) * r) if r > 0 else 1.0
 
 
+# -- the data's scale: fits run on X / 2**e where X's own scale would under- or overflow ----------
+
+#: Largest exponents (of 2) for the norm bound of X's rows within which float32 and float64
+#: fits run on X as it is: squared norms and Gram sums of n*d such entries (omega <= 1) stay
+#: far from FLT_MAX (2**128) and the squares of distances a thousandth of the rows' norms
+#: stay normal. float32 data at 1e-30 or 1e19 lay outside: Grams underflowed or overflowed.
+_SAFE_EXPONENT = {np.dtype(np.float32): 40, np.dtype(np.float64): 400}
+#: p-th powers of distances (costs) and (p-2)-th powers (IRLS weights) are formed in
+#: float64: a norm bound of 2**e keeps them finite while |e| * p stays below this.
+_POWER_EXPONENT = 900
+#: The largest p the fits accept: with the rows scaled to norm <= 1, costs sum p-th powers
+#: of relative distances, which vanish in float64 beyond this for distances of a few 1e-3.
+MAX_P = 100.0
+
+
+def scale_exponent(X: np.ndarray, p: float = 2.0) -> int:
+    """e such that the fits run on ``X / 2**e`` (0: on X itself).
+
+    The lp fits are scale-equivariant (bases unchanged, costs times ``2**(e p)``), so when
+    the bound ``sqrt(d) * max|x|`` on the row norms lies outside what X's dtype computes
+    safely (``_SAFE_EXPONENT``; for p > 2 also the float64 range of the p-th powers), the
+    rows are scaled by the power of two (exact) that brings that bound into [1/2, 1). One
+    pass for max and min, no copy; the scaled copy is made by the caller only when e != 0.
+    """
+    if X.size == 0:
+        return 0
+    top = max(float(X.max()), -float(X.min()))
+    if not 0 < top < np.inf:
+        return 0
+    # frexp: top = f * 2**e1 with f in [0.5, 1); the norm bound sqrt(d) * top < 2**e.
+    e = np.frexp(top)[1] + int(np.ceil(0.5 * np.log2(X.shape[-1])))
+    limit = _SAFE_EXPONENT[X.dtype]
+    if p > 2:
+        limit = min(limit, int(_POWER_EXPONENT / p))
+    return 0 if -limit <= e <= limit else int(e)
+
+
+def scaled(X: np.ndarray, e: int) -> np.ndarray:
+    """X / 2**e (exact for normal numbers): X itself for e = 0, else a new array."""
+    return X if e == 0 else np.ldexp(X, -e)
+
+
+def unscaled(value: Any, e: int, power: float) -> Any:
+    """value * 2**(e * power) (a float or an array), with no intermediate overflow: only a
+    result beyond float64's range becomes inf (or 0)."""
+    if e == 0:
+        return value
+    t = e * power
+    whole = int(np.floor(t))
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.ldexp(np.asarray(value, dtype=np.float64) * 2.0 ** (t - whole), whole)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def as_p(p: Any, name: str = "p", low: float = 1.0) -> float:
+    """The exponent of an lp fit: a finite number in [low, MAX_P]."""
+    return as_float(p, name, low=low, high=MAX_P)
+
+
+def as_scaled_eps(eps: Any, X_fit: np.ndarray, weights: np.ndarray | None,
+                  e: int) -> tuple[float, float]:
+    """(eps in the caller's units, eps for the fit on ``X_fit = X / 2**e``): a given eps is
+    scaled down, the default is taken on X_fit (exactly 2**-e times X's, where X's squares
+    would not have under- or overflowed) and scaled up for the report."""
+    if eps is not None:
+        eps = as_eps(eps, X_fit, weights)
+        return eps, float(np.ldexp(eps, -e))
+    fit = default_eps(X_fit, weights)
+    return float(np.ldexp(fit, e)), fit
+
+
 def as_eps(eps: Any, X: np.ndarray, weights: np.ndarray | None) -> float:
     """A given positive ``eps``, or ``default_eps(X, weights)`` for None."""
     if eps is None:
