@@ -529,7 +529,7 @@ def orthonormal_columns(B: np.ndarray, name: str) -> np.ndarray:
     Q, R = np.linalg.qr(B.astype(np.float64))
     diag = np.abs(np.diag(R))
     if diag.min() <= 1e-8 * max(diag.max(), np.finfo(np.float64).tiny):
-        msg = f"{name}: columns are linearly dependent (need rank k)"
+        msg = f"{name}: columns are linearly dependent (need rank {B.shape[1]})"
         raise ValueError(msg)
     Q *= np.sign(np.diag(R))
     return np.ascontiguousarray(Q, dtype=B.dtype)
