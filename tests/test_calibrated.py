@@ -391,4 +391,24 @@ def test_bad_input():
         LowRankSparse(np.ones((3, 2)), np.ones((2, 4)))(np.ones(4, dtype=np.float32))
     with pytest.raises(ValueError, match="d: missing key"):
         LowRankSparse.from_dict({"U": np.ones((3, 2))})
+    with pytest.raises(TypeError, match=r"^d: expected the dict LowRankSparse\.to_dict\(\) returns"):
+        LowRankSparse.from_dict(None)
+    state = LowRankSparse(np.ones((3, 2)), np.ones((2, 4)), sp.eye(3, 4, format="csr")).to_dict()
+    del state["S_indptr"]
+    with pytest.raises(ValueError, match=r"^d: has 'S_indices', 'S_data' but not 'S_indptr'"):
+        LowRankSparse.from_dict(state)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_lowrank_sparse_refuses_nonfinite_x(dtype, bad):
+    # Returned NaN silently; DopedKronecker refuses it, and so does this operator now.
+    op = LowRankSparse(np.ones((4, 3), dtype), np.ones((3, 5), dtype))
+    x = np.ones((2, 5), dtype)
+    x[1, 3] = bad
+    with pytest.raises(ValueError, match=r"^x: contains NaN or Inf"):
+        op(x)
+    off = LowRankSparse(np.ones((4, 3), dtype), np.ones((3, 5), dtype), check_finite=False)
+    with np.errstate(invalid="ignore"):
+        assert not np.isfinite(off(x)[1]).any()  # the opt-out computes as before
     assert "lowrank_fit" in lpfast.__all__

@@ -195,13 +195,13 @@ def test_compress(tmp_path, capsys):
 
     src, dst, rep = tmp_path / "in.pt", tmp_path / "out.pt", tmp_path / "report.json"
     torch.save(model, src)
-    code = main(["compress", str(src), str(dst), "--rule", "emb=lowrank:4:p=1.0",
+    code = main(["compress", str(src), str(dst), "--allow-pickle", "--rule", "emb=lowrank:4:p=1.0",
                  "--rule", "body.0=doped_kron:3:a_shape=6x4,b_shape=8x8",
                  "--report-json", str(rep), "--threads", "1"])
     out = capsys.readouterr().out
     assert code == 0
     assert "[1/2] emb" in out and "[2/2] body.0" in out and "model:" in out
-    loaded = torch.load(dst, weights_only=False)
+    loaded = lt.load_compressed(dst, Tiny())  # no unpickling: the original architecture
     assert isinstance(loaded.emb, lt.LowRankEmbedding)
     assert isinstance(loaded.body[0], lt.DopedKroneckerLinear)
     data = json.loads(rep.read_text())
@@ -217,13 +217,13 @@ def test_compress_auto(tmp_path, capsys):
     src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
     torch.save(model, src)
     np.save(tmp_path / "counts.npy", zipf_counts(300))
-    code = main(["compress", str(src), str(dst), "--threads", "1", "--rule",
+    code = main(["compress", str(src), str(dst), "--allow-pickle", "--threads", "1", "--rule",
                  f"emb=auto:8:candidates=svd/lp:1,counts={tmp_path / 'counts.npy'}"])
     out = capsys.readouterr().out
     assert code == 0
     assert "[1/1] emb" in out and "plan [4/4] " in out and "plan: best" in out
     assert "compression plan for a 300 x 32 matrix at ratio 8" in out
-    loaded = torch.load(dst, weights_only=False)
+    loaded = lt.load_compressed(dst, Tiny())
     assert isinstance(loaded.emb, (lt.RowDopedEmbedding, lt.LowRankEmbedding))
     assert "_lpfast_plan" not in loaded.emb.__dict__  # the plan is reported, not saved
     assert loaded(torch.randint(0, 300, (2, 5))).shape == (2, 10)
@@ -234,7 +234,7 @@ def test_compress_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     src, dst, png = tmp_path / "in.pt", tmp_path / "out.pt", tmp_path / "auto.png"
     torch.save(model, src)
-    code = main(["compress", str(src), str(dst), "--quiet", "--plot", str(png),
+    code = main(["compress", str(src), str(dst), "--allow-pickle", "--quiet", "--plot", str(png),
                  "--plot-ratios", "3,6", "--rule", "emb=auto:4:candidates=svd",
                  "--rule", "body.2=auto:2:candidates=svd/lp:1.5"])
     out = capsys.readouterr().out
@@ -242,7 +242,8 @@ def test_compress_plot(tmp_path, capsys):
     for name in ("emb", "body.2"):
         path = tmp_path / f"auto-{name}.png"
         assert f"plot: {path}" in out and path.read_bytes()[:4] == b"\x89PNG"
-    assert main(["compress", str(src), str(dst), "--plot", str(png), "--rule", "emb=lowrank:4"]) == 2
+    assert main(["compress", str(src), str(dst), "--allow-pickle", "--plot", str(png),
+                 "--rule", "emb=lowrank:4"]) == 2
     assert "no --rule uses auto" in capsys.readouterr().err
 
 
@@ -259,20 +260,22 @@ def test_compress_calibration_table_and_frontier(tmp_path, capsys):
     torch.save(model, src)
     cal.save(cal_path)
     rules = ["body.0=auto:2:repeats=1,rows=2,sweep=4", "body.2=lowrank:2:p=2"]
-    code = main(["compress", str(src), str(dst), "--calibration", str(cal_path), "--plot", str(png),
+    code = main(["compress", str(src), str(dst), "--allow-pickle", "--calibration", str(cal_path),
+                 "--plot", str(png),
                  *(a for r in rules for a in ("--rule", r))])
     out = capsys.readouterr().out
     assert code == 0
     assert "(calibrated)" in out and "err_C" in out and "<- chosen" in out and "(sweep)" in out
     assert "body.0: auto (ratio 2; err_C: on the calibration inputs" in out
     assert f"plot: {png}" in out and png.read_bytes()[:4] == b"\x89PNG"
-    loaded = torch.load(dst, weights_only=False)
+    loaded = lt.load_compressed(dst, Tiny(torch.float64))
     same = Tiny(torch.float64)
     lt.compress(same, {"body.2": "lowrank:2:p=2"}, calibration={"body.2": cal["body.2"]})
     assert torch.equal(loaded.body[2].dense_weight(), same.body[2].dense_weight())  # data-aware
     assert "_lpfast_selection" not in loaded.body[0].__dict__  # reported, not saved
     # errors: no such file, not a calibration, statistics of a layer no rule matches
-    args = ["compress", str(src), str(tmp_path / "o.pt"), "--rule", "body.2=lowrank:2:p=2"]
+    args = ["compress", str(src), str(tmp_path / "o.pt"), "--allow-pickle",
+            "--rule", "body.2=lowrank:2:p=2"]
     assert main([*args, "--calibration", str(tmp_path / "none.pt")]) == 2
     assert "--calibration" in capsys.readouterr().err
     torch.save({"a": 1}, tmp_path / "bad.pt")
@@ -282,7 +285,8 @@ def test_compress_calibration_table_and_frontier(tmp_path, capsys):
     assert "calibration['body.0']: no rule matches" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()
     assert main([*args, "--calibration", str(cal_path), "--allow-unmatched"]) == 0
-    again = torch.load(tmp_path / "o.pt", weights_only=False)  # body.0's statistics ignored
+    # body.0's statistics ignored
+    again = lt.load_compressed(tmp_path / "o.pt", Tiny(torch.float64))
     assert torch.equal(again.body[2].dense_weight(), same.body[2].dense_weight())
 
 
@@ -293,12 +297,16 @@ def test_compress_errors(tmp_path, capsys, monkeypatch):
     assert main(["compress", str(src), str(tmp_path / "o.pt"), "--rule", "emb=lowrank:2"]) == 2
     assert "not a torch.nn.Module" in capsys.readouterr().err
     torch.save(model, src)
-    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--rule", "emb"]) == 2
+    out = str(tmp_path / "o.pt")
+    assert main(["compress", str(src), out, "--rule", "emb=lowrank:2"]) == 2  # no consent
+    err = capsys.readouterr().err
+    assert "--allow-pickle" in err and "runs code" in err and str(src) in err
+    assert main(["compress", str(src), out, "--allow-pickle", "--rule", "emb"]) == 2
     assert "--rule" in capsys.readouterr().err
-    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--rule", "zzz=lowrank:2"]) == 2
+    assert main(["compress", str(src), out, "--allow-pickle", "--rule", "zzz=lowrank:2"]) == 2
     assert "matches no" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    assert main(["compress", str(src), str(tmp_path / "o.pt"), "--plot", str(tmp_path / "p.png"),
+    assert main(["compress", str(src), out, "--allow-pickle", "--plot", str(tmp_path / "p.png"),
                  "--rule", "emb=auto:4"]) == 2  # checked before any fitting
     assert "--plot needs matplotlib" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()

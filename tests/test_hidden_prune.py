@@ -95,6 +95,13 @@ def test_fraction_rounding_and_determinism():
     assert lpfast.hidden_keep_count(0.25, 1536) == 384
 
 
+@pytest.mark.parametrize("keep", [0.5, 1, 0])
+def test_keep_count_of_no_hidden_units_names_h(keep):
+    """No hidden units: nothing to keep "at least 1" of (it returned 1 of 0 for 0.5)."""
+    with pytest.raises(ValueError, match="h: "):
+        lpfast.hidden_keep_count(keep, 0)
+
+
 def test_bad_input():
     W2, C, _ = ffn_case()
     with pytest.raises(ValueError, match="hidden_gram: expected shape \\(40, 40\\)"):

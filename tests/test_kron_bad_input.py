@@ -273,3 +273,34 @@ def test_zero_size_factor_dims(a_shape, b_shape):
         assert str(e).startswith(("A", "B", "x")), str(e)
     else:
         assert np.array_equal(y, np.zeros((4, m)))
+
+
+# -- from_dict and empty matrices: errors naming the argument (issue 18) ----------------------
+
+_FULL_STATE = DopedKronecker(_A, _B, _S, _BIAS).to_dict()
+
+
+@pytest.mark.parametrize(("d", "exc", "match"), [
+    pytest.param(None, TypeError, r"^d: expected the dict DopedKronecker\.to_dict\(\) returns, "
+                 r"got NoneType", id="none"),
+    pytest.param([("A", _A)], TypeError, r"^d: expected the dict", id="list"),
+    pytest.param({"B": _B}, ValueError, r"^d: missing key 'A'", id="no_A"),
+    pytest.param({k: v for k, v in _FULL_STATE.items() if k != "S_indices"}, ValueError,
+                 r"^d: has 'S_indptr', 'S_data' but not 'S_indices'", id="no_S_indices"),
+    pytest.param({k: v for k, v in _FULL_STATE.items() if k != "S_data"}, ValueError,
+                 r"^d: has 'S_indptr', 'S_indices' but not 'S_data'", id="no_S_data"),
+])
+def test_from_dict_bad_state(d, exc, match):
+    with pytest.raises(exc, match=match):
+        DopedKronecker.from_dict(d)
+
+
+@pytest.mark.parametrize("shape", [(0, 6), (6, 0), (0, 0)])
+@pytest.mark.parametrize("api", ["nearest_kronecker", "doped_kp_fit"])
+def test_fit_refuses_an_empty_W(api, shape):
+    # Was an argmax of an empty sequence from deep inside the fit.
+    with pytest.raises(ValueError, match=r"^W: expected an \(n, d\) matrix with n >= 1"):
+        if api == "nearest_kronecker":
+            nearest_kronecker(np.ones(shape), (1, 1), shape)
+        else:
+            doped_kp_fit(np.ones(shape), density=0.1)

@@ -206,6 +206,23 @@ def test_kron_factor_shapes_ranks_every_factorization(m, n):
         assert all(a[0] * a[1] > 1 and b[0] * b[1] > 1 for a, b in got[:1])
 
 
+def test_kron_factor_shapes_large_prime_sides():
+    # The divisor search is O(sqrt(side)): a 1e9 prime side took 98 s with a linear one.
+    q = 1_000_000_007
+    assert lpfast.kron_factor_shapes(q, q, limit=10) == [
+        ((1, q), (q, 1)), ((q, 1), (1, q)), ((1, 1), (q, q)), ((q, q), (1, 1))]
+    side = 2**31 - 1  # the largest side accepted, a prime
+    assert lpfast.kron_factor_shapes(side, 6)[0] == ((1, 6), (side, 1))
+
+
+@pytest.mark.parametrize("m, n", [(2**61 - 1, 2**61 - 1), (4, 2**31), (2**31, 4)])
+def test_kron_factor_shapes_refuses_sides_no_layer_has(m, n):
+    # Once a search that never ended; a side above 2**31 - 1 is a clear error now.
+    name = "m" if m > 2**31 - 1 else "n"
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        lpfast.kron_factor_shapes(m, n)
+
+
 def test_kron_factor_shapes_bad_input():
     with pytest.raises(ValueError, match="m"):
         lpfast.kron_factor_shapes(0, 4)

@@ -349,3 +349,37 @@ def test_out_overlapping_x_is_refused():
         doped_kp_matmul(x, A, B, out=x)
     out = np.empty_like(x)
     np.testing.assert_allclose(op(x, out=out), x @ op.to_dense().T)
+
+
+@pytest.mark.parametrize("target", ["A", "B", "S.indptr", "S.indices", "S.data", "bias"])
+def test_out_overlapping_any_input_is_refused(target):
+    # Only x used to be compared with out: out over A overwrote A mid-product (a wrong
+    # result), and out over S's index arrays crashed the process.
+    rng = np.random.default_rng(0)
+    S = sp.random(12, 20, density=0.2, format="csr", random_state=1, dtype=np.float64)
+    inputs = {"A": rng.standard_normal((3, 4)), "B": rng.standard_normal((4, 5)),
+              "S.indptr": S.indptr.astype(np.int64), "S.indices": S.indices.astype(np.int64),
+              "S.data": S.data.copy(), "bias": rng.standard_normal(12)}  # W is 12 x 20
+    # The target's values at the start of a buffer that out (1 x 12 float64) also covers.
+    arr = inputs[target]
+    buf = np.zeros(max(arr.size, 12), dtype=arr.dtype)
+    buf[:arr.size] = arr.ravel()
+    inputs[target] = buf[:arr.size].reshape(arr.shape)
+    out = buf.view(np.float64)[:12].reshape(1, 12)
+    before = {k: v.copy() for k, v in inputs.items()}
+    csr = (inputs["S.indptr"], inputs["S.indices"], inputs["S.data"])
+    with pytest.raises(ValueError, match=rf"^out: must not overlap {target}"):
+        doped_kp_matmul(rng.standard_normal((1, 20)), inputs["A"], inputs["B"], csr,
+                        inputs["bias"], out=out)
+    for k, v in before.items():
+        np.testing.assert_array_equal(inputs[k], v)  # nothing written
+
+
+def test_out_overlap_audit_reproducer():
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
+    x = rng.standard_normal((1, 20))
+    Ac = A.copy()
+    with pytest.raises(ValueError, match=r"^out: must not overlap A"):
+        doped_kp_matmul(x, Ac, B, out=Ac.reshape(-1)[:12].reshape(1, 12))
+    np.testing.assert_array_equal(Ac, A)

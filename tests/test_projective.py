@@ -270,3 +270,77 @@ def test_bad_X():
     r = lpfast.k_subspaces(np.random.default_rng(1).standard_normal((30, 4)), 2, 1, seed=0)
     with pytest.raises(ValueError, match="Y"):
         r.predict(np.ones((2, 3)))
+
+
+def test_rank_deficient_init_bases_refused():
+    # lp_subspace refuses such an init; k_subspaces accepted it and fitted from it.
+    X = np.random.default_rng(0).standard_normal((50, 5))
+    B0 = np.random.default_rng(1).standard_normal((2, 5, 2))
+    B0[1, :, 1] = 2 * B0[1, :, 0]
+    with pytest.raises(ValueError, match=r"^init_bases\[1\]: columns are linearly dependent"):
+        lpfast.k_subspaces(X, 2, 2, init_bases=B0)
+
+
+def test_mixed_float_dtypes_refused_weights_converted():
+    X = np.random.default_rng(0).standard_normal((50, 5))
+    B0 = np.random.default_rng(1).standard_normal((2, 5, 2))
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: X is float32 but init_bases is float64"):
+        lpfast.k_subspaces(X.astype(np.float32), 2, 2, init_bases=B0)
+    r = lpfast.k_subspaces(X.astype(np.float32), 2, 2, seed=0, n_init=1)
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: bases is float32 but Y is float64"):
+        r.predict(X[:3])
+    with pytest.raises(TypeError, match=r"^mismatched dtypes"):
+        r.coefficients(X[:3])
+    np.testing.assert_array_equal(r.predict(X[:3].astype(np.float32)), r.labels[:3])
+    np.testing.assert_array_equal(r.predict(np.ones((1, 5), dtype=np.int64)),
+                                  r.predict(np.ones((1, 5), dtype=np.float32)))
+    # Per-row weights are a vector of n: converted, as the README says.
+    w = 1.0 + np.arange(50) % 4 / 4  # exact in float32
+    a = lpfast.k_subspaces(X.astype(np.float32), 2, 2, weights=w, seed=0, n_init=1)
+    b = lpfast.k_subspaces(X.astype(np.float32), 2, 2, weights=w.astype(np.float32), seed=0,
+                           n_init=1)
+    assert a.bases.dtype == np.float32
+    np.testing.assert_array_equal(a.bases, b.bases)
+
+
+# -- scale: float32 at 1e30 (issue 18) ------------------------------------------------------------
+
+def test_float32_at_1e30_with_init_bases_is_finite():
+    # The audit's reproducer: NaN bases, silently.
+    r = np.random.default_rng(77)
+    n, d = int(r.integers(6, 40)), int(r.integers(3, 8))
+    X = (r.standard_normal((n, d)) * 2.0**100).astype(np.float32)
+    B0 = r.standard_normal((2, d, 2)).astype(np.float32)
+    k = lpfast.k_subspaces(X, 2, 2, init_bases=B0)
+    assert np.isfinite(k.bases).all() and np.isfinite(k.cost)
+    ref_fit = lpfast.k_subspaces(np.ldexp(X, -100), 2, 2, init_bases=B0)
+    np.testing.assert_array_equal(k.bases, ref_fit.bases)
+    np.testing.assert_array_equal(k.labels, ref_fit.labels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("e", [-100, 100])  # float32 at 2**-120 turns subnormal
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_power_of_two_scales(dtype, p, e):
+    # Scaled by 2**e the data are the same numbers to the bit: the fits agree to rounding,
+    # with costs times 2**(e p) and coefficients and distances times 2**e.
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    X = np.random.default_rng(1).standard_normal((60, 5)).astype(dtype)
+    B0 = np.random.default_rng(2).standard_normal((2, 5, 2)).astype(dtype)
+    Xs = np.ldexp(X, e)
+    for kw in (dict(init_bases=B0, max_iter=20), dict(seed=3, n_init=2)):
+        a, b = lpfast.k_subspaces(Xs, 2, 2, p, **kw), lpfast.k_subspaces(X, 2, 2, p, **kw)
+        assert np.isfinite(a.bases).all()
+        np.testing.assert_allclose(a.bases, b.bases, atol=tol)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.cost == pytest.approx(b.cost * 2.0 ** (e * p), rel=tol)
+        np.testing.assert_allclose(a.coefficients(), np.ldexp(b.coefficients(), e), rtol=tol,
+                                   atol=tol * 2.0**e)
+        # New rows at the data's scale: same labels, distances and coefficients in Y's units.
+        np.testing.assert_array_equal(a.predict(Xs[:7]), b.predict(X[:7]))
+        np.testing.assert_allclose(a.distances(Xs[:7]), np.ldexp(b.distances(X[:7]), e),
+                                   rtol=tol)
+        np.testing.assert_allclose(a.coefficients(Xs[:7]), np.ldexp(b.coefficients(X[:7]), e),
+                                   rtol=tol, atol=tol * 2.0**e)
+    with pytest.raises(ValueError, match=r"^p: expected a value in \[1.0, 100.0\]"):
+        lpfast.k_subspaces(X, 2, 2, 1000.0)

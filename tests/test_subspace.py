@@ -85,10 +85,11 @@ def test_subspace_cost_matches_reference(dtype):
     X, B = planted(n=700, dtype=dtype)  # more rows than one 256-row block of the kernel
     w = np.random.default_rng(8).uniform(0.0, 2.0, len(X))
     rtol = 1e-5 if dtype == np.float32 else 1e-12
+    Bx = B.astype(dtype)  # the basis in X's dtype: mixing float32 and float64 is refused
     for p in (0.5, 1.0, 1.5, 2.0, 3.0):
         X64 = X.astype(np.float64)
-        assert lpfast.subspace_cost(X, B, p) == pytest.approx(ref.subspace_cost(X64, B, p), rel=rtol)
-        assert lpfast.subspace_cost(X, B, p, weights=w) == pytest.approx(
+        assert lpfast.subspace_cost(X, Bx, p) == pytest.approx(ref.subspace_cost(X64, B, p), rel=rtol)
+        assert lpfast.subspace_cost(X, Bx, p, weights=w) == pytest.approx(
             ref.subspace_cost(X64, B, p, w.astype(dtype)), rel=rtol)
 
 
@@ -140,7 +141,7 @@ def test_p2_equals_svd(dtype, weighted):
     assert seen == [(0, res.cost)]
     np.testing.assert_allclose(res.basis.T @ res.basis, np.eye(3), atol=1e-5 if dtype == np.float32 else 1e-12)
     # Only the SVD start is the optimum: from another start IRLS steps to it.
-    other = lpfast.lp_subspace(X, 3, 2.0, weights=w, init=np.eye(15)[:, 5:8])
+    other = lpfast.lp_subspace(X, 3, 2.0, weights=w, init=np.eye(15, dtype=dtype)[:, 5:8])
     assert other.n_iter >= 1 and other.converged
     assert projector_distance(other.basis, res.basis) <= close
     # A coreset cannot improve on the exact optimum and is not used.
@@ -355,3 +356,76 @@ def test_bad_X(X, exc):
 def test_k_larger_than_n():
     with pytest.raises(ValueError, match="k"):
         lpfast.lp_subspace(np.ones((3, 8)), 4)
+
+
+def test_mixed_float_dtypes_refused_weights_converted():
+    X32 = X_OK.astype(np.float32)
+    V = np.linalg.qr(np.random.default_rng(1).standard_normal((5, 2)))[0]
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: X is float32 but basis is float64"):
+        lpfast.subspace_cost(X32, V)
+    with pytest.raises(TypeError, match=r"^mismatched dtypes: X is float32 but init is float64"):
+        lpfast.lp_subspace(X32, 2, init=V)
+    assert lpfast.subspace_cost(X32, V.astype(np.float32)) > 0
+    assert lpfast.lp_subspace(X32, 2, init=V.astype(np.float32)).basis.dtype == np.float32
+    # Per-row weights are a vector of n: converted to X's dtype, as the README says.
+    w = np.linspace(1.0, 2.0, 20)
+    a = lpfast.lp_subspace(X32, 2, weights=w)
+    b = lpfast.lp_subspace(X32, 2, weights=w.astype(np.float32))
+    assert a.basis.dtype == np.float32
+    np.testing.assert_array_equal(a.basis, b.basis)
+    assert lpfast.subspace_cost(X32, a.basis, weights=w) == lpfast.subspace_cost(
+        X32, a.basis, weights=w.astype(np.float32))
+
+
+# -- scale: float32 at 1e-30 or 1e19 (issue 18) ---------------------------------------------------
+
+def cosines(a, b):
+    """Cosines of the principal angles between span(a) and span(b)."""
+    return np.linalg.svd(a.T.astype(np.float64) @ b.astype(np.float64), compute_uv=False)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e19, 1e30, 3e37])
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_float32_at_extreme_scales(scale, p):
+    # At 1e-30 the float32 Grams underflowed (cosines 0.42 and 0.03 against the unscaled
+    # fit); from 1e19 they overflowed into "symmetric eigensolver did not converge".
+    X = np.random.default_rng(0).standard_normal((30, 6))
+    a = lpfast.lp_subspace((X * scale).astype(np.float32), 2, p=p)
+    b = lpfast.lp_subspace(X.astype(np.float32), 2, p=p)
+    np.testing.assert_allclose(cosines(a.basis, b.basis), 1.0, atol=1e-4)
+    assert a.cost / scale**p == pytest.approx(b.cost, rel=1e-4)
+    assert a.eps / scale == pytest.approx(b.eps, rel=1e-4)
+    cost = lpfast.subspace_cost((X * scale).astype(np.float32), b.basis, p)
+    assert cost / scale**p == pytest.approx(b.cost, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("e", [-400, -100, 100, 400])
+def test_power_of_two_scales(dtype, e):
+    # Scaled by 2**e the data are the same numbers to the bit: the bases agree to rounding
+    # and the costs (history, callback) are 2**(e p) times the unscaled ones.
+    if dtype == np.float32 and abs(e) > 120:
+        return
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    X = np.random.default_rng(1).standard_normal((40, 5)).astype(dtype)
+    Xs = np.ldexp(X, e)
+    for p in (1.0, 1.5, 2.0):
+        seen = []
+        a = lpfast.lp_subspace(Xs, 2, p=p, callback=lambda i, c: seen.append(c))
+        b = lpfast.lp_subspace(X, 2, p=p)
+        np.testing.assert_allclose(a.basis, b.basis, atol=tol)
+        np.testing.assert_allclose(a.history[-1], b.history[-1] * 2.0 ** (e * p), rtol=tol)
+        np.testing.assert_allclose(seen, a.history, rtol=1e-15)  # the callback's units too
+        assert a.eps == np.ldexp(b.eps, e)
+        U, _ = a.factorize()
+        np.testing.assert_array_equal(U, Xs @ a.basis)  # factorize uses the caller's X
+
+
+def test_p_beyond_the_supported_range_is_a_value_error():
+    X = np.random.default_rng(0).standard_normal((30, 6))
+    for dtype in DTYPES:
+        with pytest.raises(ValueError, match=r"^p: expected a value in \[1.0, 100.0\], got 1000"):
+            lpfast.lp_subspace(X.astype(dtype), 2, p=1000)
+        assert np.isfinite(lpfast.lp_subspace(X.astype(dtype), 2, p=100).cost)
+    with pytest.raises(ValueError, match=r"^p: expected a value in \[0.0, 100.0\]"):
+        lpfast.subspace_cost(X, np.eye(6)[:, :2], p=101)

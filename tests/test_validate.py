@@ -104,3 +104,33 @@ def test_factor_shapes_name_both_arguments():
         _validate.as_factor_shapes((6, 8), 3, (3, 2))
     with pytest.raises(ValueError, match=r"^b_shape\[0\]"):
         _validate.as_factor_shapes((6, 8), (2, 4), (-3, 2))
+
+
+# -- arrays that are not plain arrays: errors naming the argument (issue 18) -------------------
+
+def test_ragged_sequence_names_the_argument():
+    with pytest.raises(ValueError, match=r"^X: expected a rectangular array, got a ragged"):
+        lpfast.lp_subspace([[1.0, 2.0, 3.0], [4.0, 5.0]], 1)
+
+
+def test_torch_bfloat16_computes_in_float64():
+    torch = pytest.importorskip("torch")
+    Xt = torch.from_numpy(X).to(torch.bfloat16)
+    fit = lpfast.lp_subspace(Xt, 2)
+    want = lpfast.lp_subspace(Xt.double().numpy(), 2)
+    assert fit.basis.dtype == np.float64  # as float16: NumPy has no bfloat16
+    np.testing.assert_array_equal(fit.basis, want.basis)
+    y = lpfast.doped_kp_matmul(torch.ones(2, 6, dtype=torch.bfloat16), np.ones((2, 3)),
+                               np.ones((3, 2)))
+    np.testing.assert_array_equal(y, np.full((2, 6), 6.0))
+
+
+def test_torch_tensors_numpy_cannot_read():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"^X: a meta tensor has no values"):
+        lpfast.lp_subspace(torch.empty(60, 6, device="meta"), 2)
+    with pytest.raises(TypeError, match=r"^X: cannot read this tensor as an array"):
+        lpfast.lp_subspace(torch.from_numpy(X).to_sparse(), 2)
+    with pytest.raises(TypeError, match=r"^x: expected a real floating-point"):
+        lpfast.doped_kp_matmul(torch.ones(1, 6, dtype=torch.complex64), np.ones((2, 3)),
+                               np.ones((3, 2)))

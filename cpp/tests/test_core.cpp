@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -221,6 +222,38 @@ void test_leverage() {
     err = std::max(err, std::abs(static_cast<double>(w[i]) - X64.row(i) * Minv * X64.row(i).transpose()));
   check(info.rank == d && err <= 1e3 * std::numeric_limits<T>::epsilon(),
         std::string("p = 2 Lewis weights are the leverage scores, ") + name<T>());
+}
+
+// An exactly rank-6 X (23 x 7, small-integer factors): the weights sum to the rank and none
+// exceeds 1. Its Gram once passed the Cholesky pivot test as full rank (smallest pivot^2
+// 7e-13, eigenvalue ratio 1e-17), and the float solves then gave weights summing to 76.
+template <class T>
+void test_lewis_rank_deficient() {
+  const int A[23 * 6] = {3, 0, -3, 1, 1, 3, 1, -2, -3, 1, -2, 2, -3, -2, -2, 3, 1, -1, -1, 1, 1,
+      0, 2, 3, -2, -2, 0, 0, 2, -1, 1, -3, -2, 3, -3, 1, 1, 2, -3, 3, 1, -2, 0, 0, -1, -2, 2, 0,
+      -3, -2, 0, 2, -1, -2, -2, 0, 1, -2, 3, 3, -2, -3, 1, 1, 3, 3, 2, 1, 1, 3, -1, 2, 1, -1, 0,
+      -3, 1, 2, 0, 3, -2, -1, 2, -3, -2, -2, 3, 1, 2, -1, 3, -2, 2, 0, 3, 3, -1, -3, -3, 2, 0, 2,
+      -3, -2, 1, -3, 3, 0, 0, 1, 3, 0, -2, 3, 2, 0, -1, -1, 1, -3, 1, 2, 0, 1, -2, -1, 2, 3, -2,
+      0, -3, 2, -3, -3, -2, -3, 3, -3};
+  const int B[6 * 7] = {1, -1, 0, 0, -1, 0, -3, -3, -3, 1, 1, 0, 2, 0, -1, 0, -1, -2, -2, 1, -3,
+      -1, -1, -2, -3, -3, 0, 0, -1, 2, 0, 2, 1, 1, -1, -2, 1, -3, 3, 1, -3, 0};
+  const std::int64_t n = 23, d = 7, k = 6;
+  std::vector<T> X(static_cast<std::size_t>(n * d), T(0));
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < d; ++j)
+      for (std::int64_t t = 0; t < k; ++t) X[i * d + j] += static_cast<T>(A[i * k + t] * B[t * d + j]);
+  std::vector<T> w(static_cast<std::size_t>(n));
+  lpfast::LewisOptions opt;
+  opt.p = 2.5;
+  const auto info = lpfast::lewis_weights<T>(X.data(), n, d, opt, w.data());
+  double sum = 0, top = 0;
+  for (const T v : w) {
+    sum += static_cast<double>(v);
+    top = std::max(top, static_cast<double>(v));
+  }
+  const double slack = std::is_same_v<T, float> ? 1e-4 : 1e-10;
+  check(info.rank == k && std::abs(sum - k) <= k * slack && top <= 1 + slack,
+        std::string("Lewis weights of a rank-deficient X sum to its rank, none above 1, ") + name<T>());
 }
 
 void test_parallel_and_rng() {
@@ -485,6 +518,8 @@ int main() {
   test_doped_lstm<double>();
   test_leverage<float>();
   test_leverage<double>();
+  test_lewis_rank_deficient<float>();
+  test_lewis_rank_deficient<double>();
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -2,7 +2,9 @@
 
 ``demo`` (the default) compresses a built-in synthetic layer and times it; ``info`` prints
 how the extension was built; ``compress IN.pt OUT.pt --rule PATTERN=METHOD:RATIO ...``
-replaces layers of a saved torch model by lpfast's compressed layers (needs torch; METHOD
+replaces layers of a saved torch model by lpfast's compressed layers (needs torch; a whole
+pickled model is read only with ``--allow-pickle``, OUT.pt is read back without unpickling by
+``lpfast.torch.load_compressed``; METHOD
 ``auto`` runs the planner on an embedding, and on a Linear picks a fit by output error and
 speed, printing its table; ``--calibration CAL.pt`` makes the Linear fits data-aware); ``plan IN[:NAME] --ratio R`` ranks the
 compression methods on one matrix and can plot error vs compression ratio (``--plot``,
@@ -31,14 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     p_comp = sub.add_parser(
         "compress", help="replace layers of a saved torch model (torch.save(model, IN.pt))",
         description="Replace nn.Linear/nn.Embedding modules of a whole-model torch.save file "
-                    "by lpfast's compressed layers and save the result. Loading unpickles "
-                    "the input: use trusted files only.")
+                    "by lpfast's compressed layers and save the result. A whole model is a "
+                    "pickle: reading it runs code from the file, so it is read only with "
+                    "--allow-pickle (trusted files only); without it IN.pt is read with "
+                    "torch.load(weights_only=True) and a pickled model is refused. OUT.pt "
+                    "holds no pickled code (the state_dict and a description of the new "
+                    "layers): read it with lpfast.torch.load_compressed(OUT.pt, model), model "
+                    "a freshly built original.")
     p_comp.add_argument("input", metavar="IN.pt")
     p_comp.add_argument("output", metavar="OUT.pt")
     p_comp.add_argument("--rule", action="append", required=True, help=RULE_HELP)
     p_comp.add_argument("--report-json", metavar="PATH", help="also write the report as JSON")
     p_comp.add_argument("--allow-unmatched", action="store_true",
                         help="ignore rules that match no module (default: error)")
+    p_comp.add_argument("--allow-pickle", action="store_true",
+                        help="read IN.pt, a whole pickled model, by unpickling it: this runs "
+                             "code from the file, use it for files you trust only")
     p_comp.add_argument("--threads", type=int, default=0, help="threads for torch and lpfast")
     p_comp.add_argument("--quiet", action="store_true", help="no per-layer progress")
     p_comp.add_argument("--calibration", metavar="CAL.pt",

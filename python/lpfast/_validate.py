@@ -19,13 +19,20 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _kind_error(name: str, dtype: np.dtype) -> TypeError:
+def _kind_error(name: str, dtype: Any) -> TypeError:
     return TypeError(f"{name}: expected a real floating-point (or integer) array, got dtype {dtype}")
 
 
 def float_dtype_of(a: Any, name: str) -> np.dtype | None:
     """The float dtype an array-like computes in: its own if float32/64, None for ints/bools."""
-    dtype = np.asarray(a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
+    if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor: its dtype by name
+        tname = str(a.dtype).removeprefix("torch.")
+        try:
+            dtype = np.dtype("float16" if tname == "bfloat16" else tname)
+        except TypeError:
+            raise _kind_error(name, tname) from None
+    else:
+        dtype = as_ndarray(a, name).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
     if dtype in FLOAT_DTYPES:
         return dtype
     if dtype.kind in "iub":
@@ -65,8 +72,8 @@ def as_float_array(
 ) -> np.ndarray:
     """``a`` as a C-contiguous float array of ``dtype`` (default: its own float dtype)."""
     if hasattr(a, "detach") and hasattr(a, "numpy"):  # a CPU torch tensor: view, never copy
-        a = a.detach().cpu().numpy()
-    arr = np.asarray(a)
+        a = tensor_as_numpy(a, name)
+    arr = as_ndarray(a, name)
     own = float_dtype_of(arr, name)
     if dtype is None:
         dtype = own if own is not None else np.dtype(np.float64)
@@ -80,6 +87,31 @@ def as_float_array(
     if check_finite:
         require_finite(arr, name)
     return arr
+
+
+def tensor_as_numpy(t: Any, name: str) -> np.ndarray:
+    """A torch tensor's values as NumPy (a view of a dense CPU tensor); bfloat16, which
+    NumPy lacks, becomes float64 (as float16 computes in float64 here)."""
+    if getattr(t, "is_meta", False):
+        msg = f"{name}: a meta tensor has no values to compute with"
+        raise ValueError(msg)
+    t = t.detach()
+    if str(getattr(t, "dtype", "")) == "torch.bfloat16":
+        t = t.double()
+    try:
+        return t.cpu().numpy()
+    except (TypeError, RuntimeError) as e:  # sparse layouts, tensors NumPy cannot hold
+        msg = f"{name}: cannot read this tensor as an array ({e})"
+        raise TypeError(msg) from None
+
+
+def as_ndarray(a: Any, name: str) -> np.ndarray:
+    """``np.asarray(a)``, with the error of a ragged nested sequence naming ``name``."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:  # "setting an array element with a sequence ... inhomogeneous"
+        msg = f"{name}: expected a rectangular array, got a ragged sequence ({e})"
+        raise ValueError(msg) from None
 
 
 def require_finite(arr: np.ndarray, name: str) -> None:
@@ -191,6 +223,32 @@ def as_csr(
         raise ValueError(msg)
     _native.check_csr(indptr, indices, shape[0], shape[1], name)
     return indptr, indices, data
+
+
+def state_entries(d: Any, owner: str, required: tuple[str, ...]) -> tuple[list[Any], Any]:
+    """The ``required`` entries of a ``to_dict()`` mapping ``d`` and its sparse part.
+
+    Returns ``([d[key] for key in required], S)`` with ``S`` the tuple ``(S_indptr,
+    S_indices, S_data)``, or None when none of the three keys is present. ``owner`` names
+    the class whose ``to_dict`` made ``d`` (for the messages).
+    """
+    from collections.abc import Mapping
+
+    if not isinstance(d, Mapping):
+        msg = f"d: expected the dict {owner}.to_dict() returns, got {type(d).__name__}"
+        raise TypeError(msg)
+    for key in required:
+        if key not in d:
+            msg = f"d: missing key {key!r} (expected the output of {owner}.to_dict)"
+            raise ValueError(msg)
+    sparse = ("S_indptr", "S_indices", "S_data")
+    present = [k for k in sparse if k in d]
+    if present and len(present) < len(sparse):
+        absent = [k for k in sparse if k not in d]
+        msg = (f"d: has {', '.join(map(repr, present))} but not {', '.join(map(repr, absent))}: "
+               f"a sparse part needs all of {sparse}")
+        raise ValueError(msg)
+    return [d[key] for key in required], tuple(d[k] for k in sparse) if present else None
 
 
 # -- scalars and choices -----------------------------------------------------------------------
@@ -306,10 +364,12 @@ def as_rows(a: Any, name: str, d: int, dtype: np.dtype, *, single: bool = False)
     return rows
 
 
-def as_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, x: np.ndarray) -> np.ndarray:
+def as_out(out: Any, shape: tuple[int, ...], dtype: np.dtype,
+           inputs: dict[str, np.ndarray | None]) -> np.ndarray:
     """A new array of ``shape``, or the caller's ``out=``: C-contiguous, writeable, of
-    ``dtype`` and ``shape``, not overlapping the input ``x`` (the kernels read x while they
-    write out)."""
+    ``dtype`` and ``shape``, and sharing memory with none of ``inputs`` (name -> the
+    normalized array the kernel reads, None skipped): the kernels read every input while
+    they write out, so an ``out`` over A would overwrite A mid-product."""
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray) or out.dtype != dtype or not out.flags.c_contiguous:
@@ -321,9 +381,10 @@ def as_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, x: np.ndarray) -> 
     if not out.flags.writeable:
         msg = "out: array is read-only"
         raise ValueError(msg)
-    if np.may_share_memory(out, x):
-        msg = "out: must not overlap x"
-        raise ValueError(msg)
+    for name, a in inputs.items():
+        if a is not None and np.may_share_memory(out, a):
+            msg = f"out: must not overlap {name}"
+            raise ValueError(msg)
     return out
 
 
@@ -371,6 +432,77 @@ def default_eps(X: np.ndarray, weights: np.ndarray | None = None) -> float:
     return float(np.sqrt(np.finfo(X.dtype).eps) * r) if r > 0 else 1.0
 
 
+# -- the data's scale: fits run on X / 2**e where X's own scale would under- or overflow ----------
+
+#: Largest exponents (of 2) for the norm bound of X's rows within which float32 and float64
+#: fits run on X as it is: squared norms and Gram sums of n*d such entries (omega <= 1) stay
+#: far from FLT_MAX (2**128) and the squares of distances a thousandth of the rows' norms
+#: stay normal. float32 data at 1e-30 or 1e19 lay outside: Grams underflowed or overflowed.
+_SAFE_EXPONENT = {np.dtype(np.float32): 40, np.dtype(np.float64): 400}
+#: p-th powers of distances (costs) and (p-2)-th powers (IRLS weights) are formed in
+#: float64: a norm bound of 2**e keeps them finite while |e| * p stays below this.
+_POWER_EXPONENT = 900
+#: The largest p the fits accept: with the rows scaled to norm <= 1, costs sum p-th powers
+#: of relative distances, which vanish in float64 beyond this for distances of a few 1e-3.
+MAX_P = 100.0
+
+
+def scale_exponent(X: np.ndarray, p: float = 2.0) -> int:
+    """e such that the fits run on ``X / 2**e`` (0: on X itself).
+
+    The lp fits are scale-equivariant (bases unchanged, costs times ``2**(e p)``), so when
+    the bound ``sqrt(d) * max|x|`` on the row norms lies outside what X's dtype computes
+    safely (``_SAFE_EXPONENT``; for p > 2 also the float64 range of the p-th powers), the
+    rows are scaled by the power of two (exact) that brings that bound into [1/2, 1). One
+    pass for max and min, no copy; the scaled copy is made by the caller only when e != 0.
+    """
+    if X.size == 0:
+        return 0
+    top = max(float(X.max()), -float(X.min()))
+    if not 0 < top < np.inf:
+        return 0
+    # frexp: top = f * 2**e1 with f in [0.5, 1); the norm bound sqrt(d) * top < 2**e.
+    e = np.frexp(top)[1] + int(np.ceil(0.5 * np.log2(X.shape[-1])))
+    limit = _SAFE_EXPONENT[X.dtype]
+    if p > 2:
+        limit = min(limit, int(_POWER_EXPONENT / p))
+    return 0 if -limit <= e <= limit else int(e)
+
+
+def scaled(X: np.ndarray, e: int) -> np.ndarray:
+    """X / 2**e (exact for normal numbers): X itself for e = 0, else a new array."""
+    return X if e == 0 else np.ldexp(X, -e)
+
+
+def unscaled(value: Any, e: int, power: float) -> Any:
+    """value * 2**(e * power) (a float or an array), with no intermediate overflow: only a
+    result beyond float64's range becomes inf (or 0)."""
+    if e == 0:
+        return value
+    t = e * power
+    whole = int(np.floor(t))
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.ldexp(np.asarray(value, dtype=np.float64) * 2.0 ** (t - whole), whole)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def as_p(p: Any, name: str = "p", low: float = 1.0) -> float:
+    """The exponent of an lp fit: a finite number in [low, MAX_P]."""
+    return as_float(p, name, low=low, high=MAX_P)
+
+
+def as_scaled_eps(eps: Any, X_fit: np.ndarray, weights: np.ndarray | None,
+                  e: int) -> tuple[float, float]:
+    """(eps in the caller's units, eps for the fit on ``X_fit = X / 2**e``): a given eps is
+    scaled down, the default is taken on X_fit (exactly 2**-e times X's, where X's squares
+    would not have under- or overflowed) and scaled up for the report."""
+    if eps is not None:
+        eps = as_eps(eps, X_fit, weights)
+        return eps, float(np.ldexp(eps, -e))
+    fit = default_eps(X_fit, weights)
+    return float(np.ldexp(fit, e)), fit
+
+
 def as_eps(eps: Any, X: np.ndarray, weights: np.ndarray | None) -> float:
     """A given positive ``eps``, or ``default_eps(X, weights)`` for None."""
     if eps is None:
@@ -397,7 +529,7 @@ def orthonormal_columns(B: np.ndarray, name: str) -> np.ndarray:
     Q, R = np.linalg.qr(B.astype(np.float64))
     diag = np.abs(np.diag(R))
     if diag.min() <= 1e-8 * max(diag.max(), np.finfo(np.float64).tiny):
-        msg = f"{name}: columns are linearly dependent (need rank k)"
+        msg = f"{name}: columns are linearly dependent (need rank {B.shape[1]})"
         raise ValueError(msg)
     Q *= np.sign(np.diag(R))
     return np.ascontiguousarray(Q, dtype=B.dtype)

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ._gram import Gram, as_gram, as_ridge, csr_parts, dense_sparse, doping
-from ._validate import as_csr, as_float, as_float_array, as_int, common_float_dtype
+from ._validate import (as_csr, as_float, as_float_array, as_int, as_ndarray,
+                        common_float_dtype, state_entries, tensor_as_numpy)
 
 __all__ = ["LowRankSparse", "calibration_error", "lowrank_fit", "lowrank_sparse_fit"]
 
@@ -169,7 +170,8 @@ class LowRankSparse:
         SciPy sparse, torch sparse CSR or ``(indptr, indices, data)``.
     bias : array_like, shape (out,), optional
     check_finite : bool
-        Refuse NaN/Inf in the parameters.
+        Refuse NaN/Inf in the parameters and (per call) in ``x``, as
+        :class:`lpfast.DopedKronecker` does.
 
     Attributes
     ----------
@@ -178,7 +180,7 @@ class LowRankSparse:
     fit_info : dict, filled by :func:`lowrank_sparse_fit`
     """
 
-    __slots__ = ("U", "V", "S", "bias", "dtype", "fit_info")
+    __slots__ = ("U", "V", "S", "bias", "dtype", "check_finite", "fit_info")
 
     def __init__(self, U: Any, V: Any, S: Any = None, bias: Any = None, *,
                  check_finite: bool = True):
@@ -206,6 +208,7 @@ class LowRankSparse:
             if a is not None:
                 a.flags.writeable = False
         self.U, self.V, self.S, self.bias, self.dtype = U, V, S, bias, dtype
+        self.check_finite = bool(check_finite)
         self.fit_info: dict[str, Any] = {}
 
     @property
@@ -234,7 +237,7 @@ class LowRankSparse:
         """``x @ W.T + bias`` for x of shape (..., in) and the operator's dtype; returns
         (..., out). Cost: N*(r*(in + out) + nnz) multiply-adds for N rows."""
         out, n = self.shape
-        x = np.asarray(x.detach().numpy() if hasattr(x, "detach") else x)
+        x = tensor_as_numpy(x, "x") if hasattr(x, "detach") else as_ndarray(x, "x")
         if x.ndim == 0 or x.shape[-1] != n:
             msg = f"x: expected shape (..., {n}), got {x.shape}"
             raise ValueError(msg)
@@ -242,7 +245,7 @@ class LowRankSparse:
             msg = f"x: dtype {x.dtype} does not match the operator's {self.dtype}"
             raise TypeError(msg)
         lead = x.shape[:-1]
-        rows = as_float_array(x, "x", self.dtype, check_finite=False).reshape(-1, n)
+        rows = as_float_array(x, "x", self.dtype, check_finite=self.check_finite).reshape(-1, n)
         y = (rows @ self.V.T) @ self.U.T
         if self.S is not None:
             y += (self.S @ rows.T).T
@@ -270,12 +273,8 @@ class LowRankSparse:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, check_finite: bool = True) -> LowRankSparse:
         """Inverse of :meth:`to_dict`."""
-        missing = [k for k in ("U", "V") if k not in d]
-        if missing:
-            msg = f"d: missing key {missing[0]!r} (expected the output of LowRankSparse.to_dict)"
-            raise ValueError(msg)
-        S = (d["S_indptr"], d["S_indices"], d["S_data"]) if "S_data" in d else None
-        return cls(d["U"], d["V"], S, d.get("bias"), check_finite=check_finite)
+        (U, V), S = state_entries(d, "LowRankSparse", ("U", "V"))
+        return cls(U, V, S, d.get("bias"), check_finite=check_finite)
 
 
 def _alternate(W: np.ndarray, rank: int, nnz: int, lowrank: Callable, gram: Gram | None,

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.linalg
 
 from ._gram import Gram, as_gram, as_ridge, csr_parts, dense_sparse, doping
-from ._validate import as_float, as_int, as_shape2
+from ._validate import as_float, as_int, as_ndarray, as_shape2, tensor_as_numpy
 from .kron import DopedKronecker
 from .kron_fit import doped_kp_fit
 
@@ -69,7 +69,7 @@ def _check_start(start: Any, W: Any, a_shape: Any, b_shape: Any, density: Any, r
     if not isinstance(start, DopedKronecker):
         msg = f"start: expected a DopedKronecker, got {type(start).__name__}"
         raise TypeError(msg)
-    W = np.asarray(W.detach().numpy() if hasattr(W, "detach") else W)
+    W = tensor_as_numpy(W, "W") if hasattr(W, "detach") else as_ndarray(W, "W")
     want = (W.shape, as_shape2(a_shape, "a_shape"), as_shape2(b_shape, "b_shape"),
             as_int(rank, "rank", low=1), int(round(as_float(density, "density", low=0.0, high=1.0) * W.size)))
     got = (start.shape, start.a_shape, start.b_shape, start.rank, start.nnz)
@@ -125,7 +125,7 @@ def doped_kp_fit_calibrated(W: Any, a_shape: Any, b_shape: Any, density: float, 
         start = doped_kp_fit(W, a_shape, b_shape, density, rank, n_iter, tol=tol)
     else:
         _check_start(start, W, a_shape, b_shape, density, rank)
-    W = np.asarray(W.detach().numpy() if hasattr(W, "detach") else W)
+    W = tensor_as_numpy(W, "W") if hasattr(W, "detach") else as_ndarray(W, "W")
     gram = as_gram(input_gram, input_scale, start.shape[1])
     ridge = as_ridge(ridge)
     als_sweeps = as_int(als_sweeps, "als_sweeps", low=1)

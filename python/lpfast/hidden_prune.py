@@ -59,8 +59,10 @@ class HiddenPrune:
 
 
 def hidden_keep_count(keep, h: int, name: str = "keep") -> int:
-    """The number of units ``keep`` asks for out of ``h``: an int in [1, h], or a fraction
-    in (0, 1] (rounded, at least 1)."""
+    """The number of units ``keep`` asks for out of ``h`` >= 1: an int in [1, h], or a
+    fraction in (0, 1] (rounded, at least 1)."""
+    # An FFN without hidden units has nothing to keep or prune: "at least 1" cannot hold.
+    h = as_int(h, "h", low=1)
     if isinstance(keep, (float, np.floating)):
         frac = as_float(keep, name)
         if not 0 < frac <= 1:

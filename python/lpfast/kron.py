@@ -20,6 +20,8 @@ from ._validate import (
     as_out,
     common_float_dtype,
     doped_matmul_shapes,
+    state_entries,
+    tensor_as_numpy,
 )
 
 __all__ = ["DopedKronecker", "doped_kp_matmul"]
@@ -65,7 +67,7 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
         lead = x.shape[:-1]
         return x.reshape(math.prod(lead), n), lead
     if hasattr(x, "detach") and hasattr(x, "numpy"):
-        x = x.detach().numpy()
+        x = tensor_as_numpy(x, "x")
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[-1] != n:  # the shape first: its message names the width
         msg = f"x: expected shape (..., {n}), got {x.shape}"
@@ -221,7 +223,8 @@ class DopedKronecker:
         """
         m, n = self._shape
         rows, lead = _batch_rows(x, n, self.dtype)
-        y = as_out(out, (*lead, m), self.dtype, rows)
+        # The operator's own arrays are private read-only copies: only x can overlap out.
+        y = as_out(out, (*lead, m), self.dtype, {"x": rows})
         if self._serve is not None and rows.shape[0] == 1:
             self._serve(rows, y.reshape(1, m), self.check_finite)
             return y
@@ -253,12 +256,7 @@ class DopedKronecker:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, check_finite: bool = True) -> DopedKronecker:
         """Inverse of ``to_dict``."""
-        try:
-            A, B = d["A"], d["B"]
-        except KeyError as e:
-            msg = f"d: missing key {e.args[0]!r} (expected the output of DopedKronecker.to_dict)"
-            raise ValueError(msg) from None
-        S = (d["S_indptr"], d["S_indices"], d["S_data"]) if "S_data" in d else None
+        (A, B), S = state_entries(d, "DopedKronecker", ("A", "B"))
         return cls(A, B, S, d.get("bias"), check_finite=check_finite)
 
     def __reduce__(self):
@@ -302,7 +300,8 @@ def doped_kp_matmul(x: Any, A: Any, B: Any, S: Any = None, bias: Any = None, *,
     rows, lead = _batch_rows(x, n, dtype)
     indptr, indices, data = (None, None, None) if S is None else as_csr(
         S, "S", (m, n), dtype, check_finite=check_finite)
-    y = as_out(out, (*lead, m), dtype, rows)
+    y = as_out(out, (*lead, m), dtype, {"x": rows, "A": A, "B": B, "S.indptr": indptr,
+                                        "S.indices": indices, "S.data": data, "bias": bias})
     _native.doped_kron_matmul(x=rows, A=A, B=B, indptr=indptr, indices=indices, data=data,
                               bias=bias, out=y.reshape(rows.shape[0], m), check_finite=check_finite)
     return y

@@ -13,11 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import (RatioTooSmall, as_factor_shapes, as_float, as_float_array, as_int,
+from ._validate import (RatioTooSmall, as_factor_shapes, as_float, as_int, as_matrix,
                         as_ratio)
 from .kron import DopedKronecker
 
 __all__ = ["doped_kp_fit", "kron_factor_shapes", "nearest_kronecker"]
+
+#: Largest matrix side ``kron_factor_shapes`` factors (an int32 index still reaches it).
+_MAX_SIDE = 2**31 - 1
 
 
 def kron_factor_shapes(m: int, n: int, limit: int = 4) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -38,23 +41,36 @@ def kron_factor_shapes(m: int, n: int, limit: int = 4) -> list[tuple[tuple[int, 
     -------
     list of ((m1, n1), (m2, n2)), at most ``limit`` long.
 
-    Cost: O(divisors(m) * divisors(n)) after an O(m + n) divisor search.
+    Cost: O(divisors(m) * divisors(n)) after an O(sqrt(m) + sqrt(n)) divisor search
+    (a few seconds at worst, for the most composite sides near the limit).
+
+    Raises
+    ------
+    ValueError
+        ``m`` or ``n`` above ``2**31 - 1``: no layer has such a side, and the candidate list
+        of larger ones is not worth building.
     """
-    m, n = as_int(m, "m", low=1), as_int(n, "n", low=1)
+    m = as_int(m, "m", low=1, high=_MAX_SIDE)
+    n = as_int(n, "n", low=1, high=_MAX_SIDE)
     limit = as_int(limit, "limit", low=1)
 
-    def divisors(k: int) -> list[int]:
-        return [d for d in range(1, k + 1) if k % d == 0]
+    def divisors(k: int) -> np.ndarray:
+        # Divisors come in pairs (d, k // d) with d <= sqrt(k).
+        small = [d for d in range(1, math.isqrt(k) + 1) if k % d == 0]
+        return np.array(sorted(set(small + [k // d for d in small])), dtype=np.int64)
 
-    cands = []
-    for m1 in divisors(m):
-        for n1 in divisors(n):
-            m2, n2 = m // m1, n // n1
-            trivial = (m1 * n1 == 1) or (m2 * n2 == 1)
-            cands.append((trivial, m1 * n1 + m2 * n2, abs(m1 - n1) + abs(m2 - n2),
-                          (m1, n1), (m2, n2)))
-    cands.sort()
-    return [(a, b) for *_, a, b in cands[:limit]]
+    # Every pair at once in int64 (sides < 2**31 keep m1*n1 + m2*n2 below 2**63): the most
+    # composite sides near the limit have 1600 divisors, 2.6 million pairs, too many for
+    # Python tuples (80 s).
+    m1, n1 = np.meshgrid(divisors(m), divisors(n), indexing="ij")
+    m1, n1 = m1.ravel(), n1.ravel()
+    m2, n2 = m // m1, n // n1
+    trivial = (m1 * n1 == 1) | (m2 * n2 == 1)
+    params = m1 * n1 + m2 * n2
+    squareness = np.abs(m1 - n1) + np.abs(m2 - n2)
+    # The shapes break ties: m1 then n1 (m2 and n2 follow from them).
+    order = np.lexsort((n1, m1, squareness, params, trivial))[:limit]
+    return [((int(m1[i]), int(n1[i])), (int(m2[i]), int(n2[i]))) for i in order]
 
 
 def _rearrange(W: np.ndarray, a_shape: tuple[int, int], b_shape: tuple[int, int]) -> np.ndarray:
@@ -128,7 +144,7 @@ def nearest_kronecker(W: Any, a_shape: Any, b_shape: Any, rank: int = 1) -> Dope
     as sqrt(sigma) u and sqrt(sigma) v, signs fixed so u's largest entry is positive.
     Cost: a truncated SVD of an (m1*n1, m2*n2) matrix.
     """
-    W = as_float_array(W, "W", ndim=2)
+    W = as_matrix(W, "W")  # an empty W has no factors to fit
     a_shape, b_shape = as_factor_shapes(W.shape, a_shape, b_shape)
     rank = as_int(rank, "rank", low=1, high=max(1, min(a_shape[0] * a_shape[1], b_shape[0] * b_shape[1])))
     A, B = _kron_factors(W, a_shape, b_shape, rank)
@@ -178,7 +194,7 @@ def doped_kp_fit(W: Any, a_shape: Any = None, b_shape: Any = None, density: floa
     Cost per round and shape: one truncated SVD of (m1*n1, m2*n2) plus O(m*n) for the
     residual.
     """
-    W = as_float_array(W, "W", ndim=2)
+    W = as_matrix(W, "W")  # an empty W has no factors to fit
     m, n = W.shape
     if (a_shape is None) != (b_shape is None):
         msg = "a_shape, b_shape: give both or neither"

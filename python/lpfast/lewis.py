@@ -93,9 +93,12 @@ def lewis_weights(X: Any, p: float = 1.0, *, tol: float = 1e-8, max_iter: int = 
     (``f(c w) = c^(1-p/2) f(w)``), so each step returns ``f(c w)`` for the ``c`` that keeps
     the sum consistent. The fixed point is the same; about 8 steps instead of 30 reach
     ``tol = 1e-8`` at ``p = 1``. Rank-deficient X: the Gram is equilibrated to unit
-    diagonal; when a Cholesky pivot falls below ``rcond = 100 d eps(float64)`` the
-    pseudo-inverse from an eigendecomposition is used, keeping eigenvalues above ``rcond``
-    times the largest, so ``sum(w)`` is the numerical rank. Zero rows get weight 0.
+    diagonal; when its condition bound ``d * trace(M^-1)`` exceeds ``1 / rcond``,
+    ``rcond = 100 d eps(float64)``, the pseudo-inverse from an eigendecomposition is used,
+    keeping eigenvalues above ``rcond`` times the largest, so ``sum(w)`` is the numerical
+    rank and no weight exceeds 1. Zero rows get weight 0. float32 X whose Gram's condition
+    bound exceeds 1e6 is solved in float64 (float solves would err by about
+    ``eps(float32) * sqrt(cond)``).
 
     References
     ----------

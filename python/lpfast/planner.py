@@ -232,13 +232,22 @@ def plan_compression(E: Any, ratio: float, *, weights: Any = None, candidates: A
 
 def _candidates(candidates: Any, p_values: Any, k_values: Any) -> list[dict[str, Any]]:
     """The checked candidate dicts: the given ones, else the defaults from p and k values."""
+    def items(value: Any, name: str, what: str) -> list[Any]:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            msg = f"{name}: expected a sequence of {what}, got {value!r}"
+            raise TypeError(msg)
+        return list(value)
+
     if candidates is None:
-        specs = (["svd"] + [{"method": "lp", "p": float(p)} for p in p_values]
-                 + [{"method": "projective", "n_subspaces": k} for k in k_values])
+        # Checked under their own names: a bad k would otherwise be blamed on `candidates`.
+        ps = [as_float(p, "p_values", low=1.0) for p in items(p_values, "p_values", "numbers")]
+        ks = [as_int(k, "k_values", low=1) for k in items(k_values, "k_values", "integers")]
+        specs = (["svd"] + [{"method": "lp", "p": p} for p in ps]
+                 + [{"method": "projective", "n_subspaces": k} for k in ks])
     else:
         if isinstance(candidates, (str, dict)):
             candidates = [candidates]
-        specs = list(candidates)
+        specs = items(candidates, "candidates", "str or dict")
         if not specs:
             msg = "candidates: expected at least one candidate"
             raise ValueError(msg)

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._validate import (as_choice, as_eps, as_float, as_float_array, as_generator, as_int,
-                        as_matrix, as_row_weights, as_rows, default_eps)
+from ._validate import (as_choice, as_float, as_scaled_eps, as_float_array, as_generator, as_int,
+                        as_matrix, as_p, as_row_weights, as_rows, common_float_dtype,
+                        default_eps, orthonormal_columns, scale_exponent, scaled, unscaled)
 
 __all__ = ["KSubspaces", "k_subspaces"]
 
@@ -78,10 +79,16 @@ class KSubspaces:
                 f"seeding={self.seeding!r}, dtype={self.bases.dtype})")
 
     def _assign(self, Y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(labels, distances, coefficients, Y was one row) of the rows of Y."""
         one = np.ndim(Y) == 1 if not hasattr(Y, "ndim") else Y.ndim == 1
+        common_float_dtype({"bases": self.bases, "Y": Y})  # float32 with float64: TypeError
         rows = as_rows(Y, "Y", self.bases.shape[1], self.bases.dtype, single=True)
-        labels, dist2, coef = _native.k_subspaces_assign(X=rows, bases=self.bases)
-        return labels, dist2, coef, one
+        e = scale_exponent(rows)  # as in k_subspaces: squares of float32 rows at 1e30 overflow
+        labels, dist2, coef = _native.k_subspaces_assign(X=scaled(rows, e), bases=self.bases)
+        dist = np.sqrt(dist2)
+        if e:
+            dist, coef = np.ldexp(dist, e), np.ldexp(coef, e)
+        return labels, dist, coef, one
 
     def predict(self, Y: Any) -> np.ndarray:
         """Index of the nearest subspace for each row of Y (shape (m, d) or (d,))."""
@@ -90,8 +97,7 @@ class KSubspaces:
 
     def distances(self, Y: Any) -> np.ndarray:
         """Distance of each row of Y to its nearest subspace."""
-        _, dist2, _, one = self._assign(Y)
-        dist = np.sqrt(dist2)
+        _, dist, _, one = self._assign(Y)
         return dist[0] if one else dist
 
     def coefficients(self, Y: Any = None) -> np.ndarray:
@@ -157,11 +163,14 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     ----------
     X : array_like, shape (n, d)
         Points as rows, float32 or float64 (integers -> float64); any layout (converted once
-        to C order when needed); never modified.
+        to C order when needed); never modified. Any finite scale: outside the range
+        :func:`lpfast.lp_subspace` states, the fit runs on a copy scaled by a power of two
+        and reports ``cost``, ``history`` and coefficients in X's units.
     n_subspaces : int, 1 <= k <= n
     dim : int, 1 <= j < d, with ``n_subspaces * dim <= n`` (each subspace needs rows).
-    p : float >= 1
-        Exponent. p = 2 is the sum of squared distances; p in [1, 2) is robust to outliers.
+    p : float, 1 <= p <= 100
+        Exponent. p = 2 is the sum of squared distances; p in [1, 2) is robust to outliers
+        (p > 2 as in :func:`lpfast.lp_subspace`).
     weights : array_like, shape (n,), optional
         Non-negative per-row weights (default 1) with a positive sum.
     n_init : int >= 1
@@ -196,9 +205,9 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     seed : int, numpy Generator or None
         Same seed, same result, for any thread count: restart r draws from its own stream
         derived from (seed, r).
-    init_bases : array_like, shape (k, d, j), optional
-        Start from these bases (orthonormalized by QR) instead of seeding: one Lloyd run,
-        ``n_init`` and ``seeding`` ignored.
+    init_bases : array_like, shape (k, d, j), optional, X's float dtype
+        Start from these bases (each orthonormalized by QR; each must have rank j) instead
+        of seeding: one Lloyd run, ``n_init`` and ``seeding`` ignored.
     irls_steps : int >= 1
         For p != 2: IRLS steps per cluster per Lloyd iteration (default 3).
     eps : float > 0, optional
@@ -232,6 +241,7 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     per cluster. ``lpfast.reference.k_subspaces_lloyd`` is the NumPy version of the same
     iteration.
     """
+    common_float_dtype({"X": X, "init_bases": init_bases})  # float32 with float64: TypeError
     X = as_matrix(X, "X", min_cols=2, check_finite=check_finite)
     dtype = X.dtype
     n, d = X.shape
@@ -241,7 +251,7 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
         msg = (f"n_subspaces * dim = {k} * {j} = {k * j} exceeds the {n} rows of X: "
                f"every subspace needs rows to fit it")
         raise ValueError(msg)
-    p = as_float(p, "p", low=1.0)
+    p = as_p(p)
     w = as_row_weights(weights, n, ones=True)
     n_init = as_int(n_init, "n_init", low=1)
     max_iter = as_int(max_iter, "max_iter", low=0)
@@ -251,14 +261,20 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
     if coreset_size is not None:
         coreset_size = as_int(coreset_size, "coreset_size", low=k * j)
     rng = as_generator(seed)
-    eps = as_eps(eps, X, w)
     V0 = None
     if init_bases is not None:
         V0 = as_float_array(init_bases, "init_bases", dtype, ndim=3, check_finite=check_finite)
         if V0.shape != (k, d, j):
             msg = f"init_bases: expected shape {(k, d, j)}, got {V0.shape}"
             raise ValueError(msg)
+        # Orthonormalized here, refusing rank < j as lp_subspace refuses such an init.
+        V0 = np.stack([orthonormal_columns(V0[c], f"init_bases[{c}]") for c in range(k)])
 
+    # The fit runs on X / 2**e (see lp_subspace): bases and labels unchanged, costs times
+    # 2**(e p) and coefficients times 2**e back in X's units.
+    e = scale_exponent(X, p)
+    X = scaled(X, e)
+    eps, eps_fit = as_scaled_eps(eps, X, w, e)
     core_seed = int(rng.integers(0, 2**63 - 1))
     info: dict[str, Any] = {"eps": eps}
     if V0 is None and seeding == "coreset":
@@ -273,16 +289,19 @@ def k_subspaces(X: Any, n_subspaces: int, dim: int, p: float = 2.0, *, weights: 
             # again (4.4 s -> 2.2 s; final cost 170545 -> 170714, k = 3 and 5 unchanged).
             core = _native.k_subspaces_fit(
                 X=Xc, weights=cw, n_subspaces=k, dim=j, p=p, max_iter=max_iter,
-                tol=max(tol, _CORESET_TOL), eps=eps, irls_steps=_CORESET_IRLS_STEPS,
+                tol=max(tol, _CORESET_TOL), eps=eps_fit, irls_steps=_CORESET_IRLS_STEPS,
                 seeding="dp", n_init=n_init, seed=core_seed)
-            info.update(coreset_indices=idx, coreset_weights=cw, coreset_cost=core.cost,
-                        coreset_history=np.asarray(core.history), restart=core.restart)
+            info.update(coreset_indices=idx, coreset_weights=cw,
+                        coreset_cost=unscaled(float(core.cost), e, p),
+                        coreset_history=unscaled(np.asarray(core.history, dtype=np.float64), e, p),
+                        restart=core.restart)
             V0 = core.bases
     fit = _native.k_subspaces_fit(
-        X=X, weights=w, n_subspaces=k, dim=j, p=p, max_iter=max_iter, tol=tol, eps=eps,
+        X=X, weights=w, n_subspaces=k, dim=j, p=p, max_iter=max_iter, tol=tol, eps=eps_fit,
         irls_steps=irls_steps, seeding="random" if seeding == "random" else "dp",
         n_init=n_init, seed=core_seed, init_bases=V0, coefficients=True)
     info.setdefault("restart", fit.restart)
-    return KSubspaces(fit.labels, fit.bases, float(fit.cost), int(fit.n_iter),
-                      np.asarray(fit.history, dtype=np.float64), p,
-                      seeding if init_bases is None else "init_bases", info, fit.coefficients)
+    coef = fit.coefficients if e == 0 else np.ldexp(fit.coefficients, e)
+    return KSubspaces(fit.labels, fit.bases, unscaled(float(fit.cost), e, p), int(fit.n_iter),
+                      unscaled(np.asarray(fit.history, dtype=np.float64), e, p), p,
+                      seeding if init_bases is None else "init_bases", info, coef)

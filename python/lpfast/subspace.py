@@ -16,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _native
-from ._validate import (as_basis, as_callable, as_choice, as_eps, as_float,
-                        as_int, as_matrix, as_row_weights, as_rows,
-                        orthonormal_columns)
+from ._validate import (as_basis, as_callable, as_choice, as_float, as_scaled_eps,
+                        as_int, as_matrix, as_p, as_row_weights, as_rows, common_float_dtype,
+                        orthonormal_columns, scale_exponent, scaled, unscaled)
 
 __all__ = ["LpSubspace", "lp_subspace", "subspace_cost"]
 
@@ -102,12 +102,16 @@ class LpSubspace:
                 f"n_iter={self.n_iter}, converged={self.converged}, dtype={self.basis.dtype})")
 
 
-def _progress(verbose: bool, callback: Callable[[int, float], Any] | None, stage: str):
+def _progress(verbose: bool, callback: Callable[[int, float], Any] | None, stage: str,
+              e: int = 0, p: float = 1.0):
+    """The kernel's per-step hook (None when nobody listens); costs of X / 2**e come back in
+    the caller's units."""
     if not verbose and callback is None:
         return None
     start = time.perf_counter()
 
     def report(iteration: int, cost: float) -> bool:
+        cost = unscaled(cost, e, p)
         if verbose:
             print(f"lp_subspace{stage}: iter {iteration:4d}  cost {cost:.9g}  "
                   f"({time.perf_counter() - start:.2f} s)", file=sys.stderr, flush=True)
@@ -129,27 +133,35 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
     ----------
     X : array_like, shape (n, d)
         Points as rows; float32 or float64 (result in the same dtype; integers -> float64).
-        Any memory layout (converted once to C order when needed); never modified.
+        Any memory layout (converted once to C order when needed); never modified. Any
+        finite values: the fit is scale-equivariant, and when ``sqrt(d) * max|x|`` lies
+        outside [2**-40, 2**40] (float32; [2**-400, 2**400] for float64; narrower for
+        p > 2, so that p-th powers of distances stay in float64's range) it runs on a
+        copy of X scaled by a power of two, exactly, and reports costs in X's units
+        (``inf`` only where the cost itself exceeds float64's range).
     k : int, 1 <= k <= min(n, d)
         Subspace dimension. ``k == d`` is allowed (the whole space: cost 0); ``k > n``
         is refused, as the rows span at most n dimensions.
-    p : float >= 1
+    p : float, 1 <= p <= 100
         Exponent. p in [1, 2] is the main range: each IRLS step is a majorize-minimize step
-        and the cost never increases. p = 2 gives the truncated SVD. p > 2 is allowed, but
-        IRLS is then no longer guaranteed to descend: a step that would raise the cost is
-        rejected and the fit stops at the last improving basis.
+        and the cost never increases. p = 2 gives the truncated SVD. p in (2, 100] is
+        allowed, but IRLS is then no longer guaranteed to descend: a step that would raise
+        the cost is rejected and the fit stops at the last improving basis. Beyond 100 the
+        p-th powers of relative distances vanish in float64 and the fit could not tell
+        bases apart.
         p = 2 with ``init="svd"`` returns that start as it is: it is the exact optimum
         (``n_iter`` 0, ``converged`` True, ``history == [cost]``, ``coreset`` unused).
     weights : array_like, shape (n,), optional
         Non-negative per-row weights w (default 1), e.g. token frequencies or coreset
-        weights; at least one must be positive. Converted to X's dtype.
+        weights; at least one must be positive. Converted to X's dtype (a vector of n, so
+        float64 weights for float32 X are fine, unlike a float64 ``init``).
     max_iter : int >= 1
         At most this many IRLS steps.
     tol : float >= 0
         Stop when a step lowers the cost by at most ``tol`` times the previous cost.
     init : "svd" or array_like, shape (d, k)
         Start basis: the weighted SVD basis (the p = 2 optimum), or given columns
-        (orthonormalized by QR; they must have rank k).
+        (orthonormalized by QR; they must have rank k) of X's float dtype.
     coreset : int, optional
         Fit first on a Lewis-weight sample of this many rows
         (``lpfast.lewis_sample(X, coreset, p, seed=seed, method="sketch")``, p < 4; sample
@@ -195,14 +207,19 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
     distance pass for the cost (n*d^2 + 2*n*d*k flops); an IRLS step would form the same
     Gram again to return the same basis.
     """
+    if not isinstance(init, str):
+        common_float_dtype({"X": X, "init": init})  # float32 with float64: TypeError
     X = as_matrix(X, "X")  # own float dtype, else float64; tensors viewed
     n, d = X.shape
     k = as_int(k, "k", low=1, high=min(n, d))
-    p = as_float(p, "p", low=1.0)
+    p = as_p(p)
     w = as_row_weights(weights, n, X.dtype)
     max_iter = as_int(max_iter, "max_iter", low=1)
     tol = as_float(tol, "tol", low=0.0)
-    eps = as_eps(eps, X, w)
+    caller_X = X
+    e = scale_exponent(X, p)  # the fit runs on X / 2**e: bases unchanged, costs rescaled
+    X = scaled(X, e)
+    eps, eps_fit = as_scaled_eps(eps, X, w, e)
     if isinstance(init, str):
         as_choice(init, "init", _INITS)
         start = None
@@ -216,11 +233,11 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
         # The weighted PCA basis minimizes the weighted squared distances: nothing to iterate,
         # and a coreset stage would only approximate what the full Gram gives exactly.
         basis = _native.weighted_pca(X=X, weights=w, k=k)
-        cost = _native.subspace_cost(X=X, weights=w, basis=basis, p=p)
+        cost = unscaled(_native.subspace_cost(X=X, weights=w, basis=basis, p=p), e, p)
         report = _progress(verbose, callback, "")
         if report is not None:
             report(0, cost)
-        return LpSubspace(basis, np.array([cost]), 0, True, p, eps, X)
+        return LpSubspace(basis, np.array([cost]), 0, True, p, eps, caller_X)
 
     coreset_history = None
     if coreset is not None and coreset < n:
@@ -238,16 +255,16 @@ def lp_subspace(X: Any, k: int, p: float = 1.0, *, weights: Any = None, max_iter
             if start is None:
                 start = _native.weighted_pca(X=Xs, weights=ws, k=k)
             start, hist, _, _ = _native.lp_subspace_irls(
-                X=Xs, weights=ws, init=start, p=p, eps=eps, tol=tol, max_iter=max_iter,
-                callback=_progress(verbose, callback, "[coreset]"))
-            coreset_history = np.asarray(hist, dtype=np.float64)
+                X=Xs, weights=ws, init=start, p=p, eps=eps_fit, tol=tol, max_iter=max_iter,
+                callback=_progress(verbose, callback, "[coreset]", e, p))
+            coreset_history = unscaled(np.asarray(hist, dtype=np.float64), e, p)
     if start is None:
         start = _native.weighted_pca(X=X, weights=w, k=k)
     basis, hist, n_iter, converged = _native.lp_subspace_irls(
-        X=X, weights=w, init=start, p=p, eps=eps, tol=tol, max_iter=max_iter,
-        callback=_progress(verbose, callback, ""))
-    return LpSubspace(basis, np.asarray(hist, dtype=np.float64), n_iter, converged, p, eps, X,
-                      coreset_history)
+        X=X, weights=w, init=start, p=p, eps=eps_fit, tol=tol, max_iter=max_iter,
+        callback=_progress(verbose, callback, "", e, p))
+    history = unscaled(np.asarray(hist, dtype=np.float64), e, p)
+    return LpSubspace(basis, history, n_iter, converged, p, eps, caller_X, coreset_history)
 
 
 def subspace_cost(X: Any, basis: Any, p: float = 1.0, *, weights: Any = None) -> float:
@@ -255,18 +272,21 @@ def subspace_cost(X: Any, basis: Any, p: float = 1.0, *, weights: Any = None) ->
 
     Parameters
     ----------
-    X : array_like, shape (n, d)
-    basis : array_like, shape (d, k), orthonormal columns (not checked), converted to X's dtype
-    p : float >= 1 (any p > 0 is accepted here)
-    weights : array_like, shape (n,), optional, non-negative
+    X : array_like, shape (n, d), any finite scale (as in :func:`lp_subspace`)
+    basis : array_like, shape (d, k), orthonormal columns (not checked), X's float dtype
+        (float32 with float64 is a TypeError; integers are converted)
+    p : float, 0 <= p <= 100 (the fits need p >= 1)
+    weights : array_like, shape (n,), optional, non-negative, converted to X's dtype
 
     Returns
     -------
     float (summed in float64, in one pass over X: 2*n*d*k flops).
     """
+    common_float_dtype({"X": X, "basis": basis})  # float32 with float64: TypeError
     X = as_matrix(X, "X")
     n, d = X.shape
     V = as_basis(basis, "basis", d, None, X.dtype)
-    p = as_float(p, "p", low=0.0)
+    p = as_p(p, low=0.0)
     w = as_row_weights(weights, n, X.dtype)
-    return _native.subspace_cost(X=X, weights=w, basis=V, p=p)
+    e = scale_exponent(X, p)
+    return unscaled(_native.subspace_cost(X=scaled(X, e), weights=w, basis=V, p=p), e, p)

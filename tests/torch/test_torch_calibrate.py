@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -130,6 +131,28 @@ def test_save_load_round_trip(tmp_path):
                             else value == other)
     with pytest.raises(ValueError, match="not an lpfast calibration"):
         Calibration.from_dict({"layers": {}})
+
+
+def test_load_of_a_file_that_is_no_calibration_names_it(tmp_path):
+    model, batches = mlp(torch.float64), batches_for(torch.float64)
+    good = calibrate(model, batches, progress=False).to_dict()
+    files = {"garbage.pt": b"\x00garbage, not a torch file" * 10,
+             "garbage.npz": b"PK\x03\x04 truncated zip",
+             "empty.pt": b""}
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+    torch.save({"a": 1}, tmp_path / "dict.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    torch.save(dict(good, mode="magic"), tmp_path / "mode.pt")
+    broken = dict(good, layers={"0": dict(good["layers"]["0"], sum=torch.zeros(3))})
+    torch.save(broken, tmp_path / "shape.pt")
+    torch.save(dict(good, layers={"0": {"in_features": 4}}), tmp_path / "keys.pt")
+    np.savez(tmp_path / "nometa.npz", x=np.ones(3))
+    for name in [*files, "dict.pt", "list.pt", "mode.pt", "shape.pt", "keys.pt", "nometa.npz"]:
+        with pytest.raises(ValueError, match=f"{name}: not a saved lpfast calibration"):
+            Calibration.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        Calibration.load(tmp_path / "none.pt")
 
 
 def test_progress_goes_to_stderr(capsys):

@@ -59,6 +59,6 @@ def test_pickled_class_path_of_the_flat_folder_loads():
 
 
 def test_public_import_paths_unchanged():
-    assert len(lt.__all__) == len(set(lt.__all__)) == 31
+    assert len(lt.__all__) == len(set(lt.__all__)) == 33  # 30 + DopedLSTM, save/load_compressed
     for name in lt.__all__:
         assert getattr(lt, name).__module__.startswith("lpfast.torch.")

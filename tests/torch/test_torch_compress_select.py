@@ -304,6 +304,12 @@ def test_frontier_and_plot(tmp_path):
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no layer"):
         lt.plot_frontier(compress(Net(), {"a": "lowrank:2"}), str(tmp_path / "g.png"))
+    for bad in (5, [5], [("b", 5)], {"b": None}):
+        with pytest.raises(TypeError, match="selections: expected a CompressionReport"):
+            lt.plot_frontier(bad, str(tmp_path / "h.png"))
+    with pytest.raises(TypeError, match="path"):
+        lt.plot_frontier(rep, 5)
+    assert not (tmp_path / "h.png").exists()
 
 
 # -- bad input --------------------------------------------------------------------------------

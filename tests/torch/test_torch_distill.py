@@ -234,6 +234,10 @@ def test_bad_input():
         distill("c", model, batches, progress=False)
     with pytest.raises(ValueError, match="target_density"):
         distill(c, model, batches, target_density=2.0, progress=False)
+    with pytest.raises(ValueError, match="seed"):  # as the NumPy API refuses negative seeds
+        distill(c, model, batches, seed=-1, progress=False)
+    with pytest.raises(TypeError, match="seed"):
+        distill(c, model, batches, seed=1.5, progress=False)
     assert all(not m._forward_pre_hooks for m in model.modules())
     assert isinstance(c[2], DopedKroneckerLinear)
 

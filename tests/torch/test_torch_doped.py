@@ -166,6 +166,20 @@ def test_cmr_only_in_training():
     assert lt.co_matrix_dropout(v, 0.3, training=False) is v
 
 
+@pytest.mark.parametrize("values, p, exc, pattern", [
+    (torch.ones(5, dtype=torch.int64), 0.3, TypeError, "values: expected a floating-point"),
+    (torch.ones(5, dtype=torch.int64), 0.0, TypeError, "values"),  # even where it is a no-op
+    ([1.0, 2.0], 0.3, TypeError, "values"),
+    (torch.ones(5), -0.1, ValueError, "p: "),
+    (torch.ones(5), float("nan"), ValueError, "p: "),
+    (torch.ones(5), 1.0, ValueError, r"p: .*\[0, 1\)"),
+    (torch.ones(5), "0.3", TypeError, "p: "),
+])
+def test_co_matrix_dropout_bad_input(values, p, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        lt.co_matrix_dropout(values, p)
+
+
 # -- training ------------------------------------------------------------------------------
 
 def _toy_problem(seed: int):

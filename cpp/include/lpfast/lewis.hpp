@@ -15,9 +15,11 @@
 // Exact method, per step: the Gram M = X^T diag(s) X (s = w^(1-2/p)) accumulated in double
 // by gram.hpp (fixed segments, the same for any thread count); M is equilibrated to unit
 // diagonal and Cholesky-factored; tau_i = |L^-1 x_i|^2 by triangular solves over blocks of
-// rows (in the input precision). A rank-deficient or numerically singular M (a pivot of
-// the equilibrated factor below rcond = 100 d eps(double)) switches to the pseudo-inverse
-// from an eigendecomposition that keeps eigenvalues above rcond times the largest.
+// rows (in the input precision; in double for float input whose Gram's condition bound
+// exceeds 1e6). A rank-deficient or numerically singular M (condition bound
+// d trace(M^-1) of the equilibrated M above 1 / rcond, rcond = 100 d eps(double); the
+// pivots alone do not reveal the rank) switches to the pseudo-inverse from an
+// eigendecomposition that keeps eigenvalues above rcond times the largest.
 // Cost per step: 2 n d^2 flops + O(d^3).
 //
 // Sketch method (for tall X, n >= 8 d; otherwise the exact method runs): a CountSketch Pi

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Cholesky>
@@ -38,6 +39,9 @@ inline MatD gaussian(std::int64_t rows, std::int64_t cols, Rng& rng) {
 struct Factor {
   bool cholesky = true;
   std::int64_t rank = 0;
+  // Upper bound on the condition number of the equilibrated Gram over the kept range: a
+  // factor cast to float represents that Gram only to ~cond * eps(float) relative.
+  double cond = 1.0;
   MatD L;  // d x d lower triangular
   MatD B;  // d x r
 
@@ -64,12 +68,20 @@ inline Factor factor_gram(const MatD& M) {
   if (!zero_col) {
     Eigen::LLT<MatD> llt(Mt);
     if (llt.info() == Eigen::Success) {
-      const Eigen::VectorXd diag = llt.matrixLLT().diagonal();
-      if (diag.size() == 0 || diag.cwiseAbs2().minCoeff() > rcond) {
+      // Cholesky pivots do not reveal the rank: an exactly rank-deficient Gram (rank 6 of 7)
+      // came through with its smallest pivot^2 at 7e-13 against an eigenvalue ratio of
+      // 1e-17, and the float solves then returned weights summing to 76. trace(Mt^-1) =
+      // ||Lt^-1||_F^2 bounds the spectrum instead: l_min >= 1 / trace(Mt^-1) >= l_min / d,
+      // and l_max <= trace(Mt) = d. Cost d^3 / 3, next to the Gram's n d^2.
+      MatD Linv = MatD::Identity(d, d);
+      llt.matrixL().solveInPlace(Linv);
+      const double cond = static_cast<double>(d) * Linv.squaredNorm();  // >= l_max / l_min
+      if (d == 0 || (std::isfinite(cond) && cond * rcond < 1.0)) {
         // M = D^1/2 Lt Lt^T D^1/2, so L = D^1/2 Lt.
         f.L = MatD(llt.matrixL());
         for (std::int64_t j = 0; j < d; ++j) f.L.row(j) /= scale(j);
         f.rank = d;
+        f.cond = std::max(cond, 1.0);
         return f;
       }
     }
@@ -84,6 +96,7 @@ inline Factor factor_gram(const MatD& M) {
   while (r < d && lmax > 0 && l(d - 1 - r) > rcond * lmax) ++r;
   f.cholesky = false;
   f.rank = r;
+  f.cond = r > 0 ? lmax / l(d - r) : 1.0;
   f.B.resize(d, r);
   for (std::int64_t c = 0; c < r; ++c) {
     const std::int64_t src = d - 1 - c;
@@ -101,28 +114,54 @@ MatD weighted_gram(const T* X, std::int64_t n, std::int64_t d, const std::vector
   return M;
 }
 
-// tau_i = x_i^T M^+ x_i for all rows, in the input precision.
-template <class T>
-void exact_tau(const T* X, std::int64_t n, std::int64_t d, const Factor& f, std::vector<double>& tau) {
-  const ColMat<T> L = f.cholesky ? f.L.cast<T>() : ColMat<T>();
-  const ColMat<T> Bt = f.cholesky ? ColMat<T>() : ColMat<T>(f.B.transpose().cast<T>());
+// Condition bound of the equilibrated Gram above which float solves would lose the
+// weights: a triangular solve (or product) in float with the factor rounded to float errs
+// by ~eps(float) sqrt(cond) relative in tau, at most 1.2e-4 below this bound.
+inline constexpr double kFloatSolveMaxCond = 1.0e6;
+
+// tau_i = x_i^T M^+ x_i for all rows, computed in S (the input precision T, or double).
+template <class S, class T>
+void exact_tau_in(const T* X, std::int64_t n, std::int64_t d, const Factor& f,
+                  std::vector<double>& tau) {
+  const ColMat<S> L = f.cholesky ? f.L.cast<S>() : ColMat<S>();
+  const ColMat<S> Bt = f.cholesky ? ColMat<S>() : ColMat<S>(f.B.transpose().cast<S>());
   const int nt = threads_for(static_cast<double>(n) * d * d, 2.0e7);
   parallel_region(nt, [&](int tid, int team) {
-    ColMat<T> buf(f.cholesky ? d : Bt.rows(), kBlock);
+    ColMat<S> buf(f.cholesky ? d : Bt.rows(), kBlock);
+    ColMat<S> xs(std::is_same_v<S, T> ? 0 : d, std::is_same_v<S, T> ? 0 : kBlock);
     const auto [r0, r1] = static_range(n, tid, team);
     for (std::int64_t b0 = r0; b0 < r1; b0 += kBlock) {
       const std::int64_t nb = std::min(kBlock, r1 - b0);
       const ConstColMap<T> xt(X + b0 * d, d, nb);  // rows of the block as columns
       auto z = buf.leftCols(nb);
-      if (f.cholesky) {
-        z = xt;
-        L.template triangularView<Eigen::Lower>().solveInPlace(z);
+      if constexpr (std::is_same_v<S, T>) {
+        if (f.cholesky) {
+          z = xt;
+          L.template triangularView<Eigen::Lower>().solveInPlace(z);
+        } else {
+          z.noalias() = Bt * xt;
+        }
       } else {
-        z.noalias() = Bt * xt;
+        auto x = xs.leftCols(nb);
+        x = xt.template cast<S>();
+        if (f.cholesky) {
+          z = x;
+          L.template triangularView<Eigen::Lower>().solveInPlace(z);
+        } else {
+          z.noalias() = Bt * x;
+        }
       }
       for (std::int64_t j = 0; j < nb; ++j) tau[b0 + j] = static_cast<double>(z.col(j).squaredNorm());
     }
   });
+}
+
+// tau_i = x_i^T M^+ x_i for all rows: in the input precision, or in double for float input
+// whose Gram is too ill-conditioned for float solves (kFloatSolveMaxCond).
+template <class T>
+void exact_tau(const T* X, std::int64_t n, std::int64_t d, const Factor& f, std::vector<double>& tau) {
+  if (std::is_same_v<T, double> || f.cond <= kFloatSolveMaxCond) return exact_tau_in<T>(X, n, d, f, tau);
+  exact_tau_in<double>(X, n, d, f, tau);
 }
 
 // Columns of the JL map of the sketched iterations (the final evaluation uses more).

@@ -9,7 +9,8 @@ import os
 import sys
 import time
 
-from .arrays import CliError
+from .args import check_input_file, check_threads, check_writable
+from .arrays import CliError, load_torch
 from .plan import parse_ratios, require_matplotlib
 from .plot import plot_plans
 
@@ -33,43 +34,18 @@ def compress(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        rules = [lt.parse_rule(r) for r in args.rule]
-    except ValueError as e:
-        print(f"error: --rule: {e}", file=sys.stderr)
-        return 2
-    if args.plot:
-        if not any(spec["method"] == "auto" for _, spec in rules):
-            print("error: --plot: plots 'auto' rules (an embedding's plans, the Linears' "
-                  "error/speed frontier); no --rule uses auto", file=sys.stderr)
-            return 2
-        try:
-            require_matplotlib("--plot")
-        except CliError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        try:
-            sweep = parse_ratios(None, args.plot_ratios, required=False)
-        except CliError as e:
-            print(f"error: --plot-ratios: {e}", file=sys.stderr)
-            return 2
-        for _, spec in rules:
-            if spec["method"] == "auto" and "sweep" not in spec and sweep:
-                spec["sweep"] = sweep
-    calibration = None
-    if args.calibration:
-        try:
-            calibration = lt.Calibration.load(args.calibration)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:  # torch.load's errors too
-            print(f"error: --calibration: {args.calibration}: not a saved lpfast calibration "
-                  f"(Calibration.save) ({e})", file=sys.stderr)
-            return 2
-    print(f"loading {args.input}")
-    # A whole pickled model (torch.save(model, path)): unpickling runs code from the file,
-    # so only load files you trust.
-    model = torch.load(args.input, map_location="cpu", weights_only=False)
-    if not isinstance(model, torch.nn.Module):
-        print(f"error: {args.input} holds a {type(model).__name__}, not a torch.nn.Module "
-              f"(save the model itself with torch.save(model, path))", file=sys.stderr)
+        rules = _check_args(args, lt)
+        calibration = None
+        if args.calibration:
+            check_input_file(args.calibration, "--calibration")
+            try:
+                calibration = lt.Calibration.load(args.calibration)
+            except (OSError, ValueError) as e:  # ValueError: "PATH: not a saved calibration"
+                raise CliError(f"--calibration: {e}") from e
+        print(f"loading {args.input}")
+        model = _load_model(args.input, args.allow_pickle, torch)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,8 +60,9 @@ def compress(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.save(model, args.output)
-    print(f"\n{report}\ncompressed in {time.perf_counter() - t0:.1f} s; saved {args.output}")
+    lt.save_compressed(model, args.output)
+    print(f"\n{report}\ncompressed in {time.perf_counter() - t0:.1f} s; saved {args.output} "
+          f"(read it with lpfast.torch.load_compressed({args.output!r}, <the original model>))")
     if args.report_json:
         with open(args.report_json, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
@@ -93,6 +70,52 @@ def compress(args: argparse.Namespace) -> int:
     if args.plot:
         _plot(args, rules, report)
     return 0
+
+
+def _check_args(args: argparse.Namespace, lt) -> list:
+    """Everything that can be checked before the model is read and compressed: rules,
+    thread count, plot options, the input file and every output path (CliError)."""
+    try:
+        rules = [lt.parse_rule(r) for r in args.rule]
+    except ValueError as e:
+        raise CliError(f"--rule: {e}") from e
+    check_threads(args.threads)
+    if args.plot:
+        if not any(spec["method"] == "auto" for _, spec in rules):
+            raise CliError("--plot: plots 'auto' rules (an embedding's plans, the Linears' "
+                           "error/speed frontier); no --rule uses auto")
+        require_matplotlib("--plot")
+        try:
+            sweep = parse_ratios(None, args.plot_ratios, required=False)
+        except CliError as e:
+            raise CliError(f"--plot-ratios: {e}") from e
+        for _, spec in rules:
+            if spec["method"] == "auto" and "sweep" not in spec and sweep:
+                spec["sweep"] = sweep
+    check_input_file(args.input, "IN.pt")
+    check_writable(args.output, "OUT.pt")
+    if args.report_json:
+        check_writable(args.report_json, "--report-json")
+    if args.plot:
+        check_writable(args.plot, "--plot")
+    return rules
+
+
+def _load_model(path: str, allow_pickle: bool, torch):
+    """The nn.Module saved whole in ``path``: without ``allow_pickle`` torch reads it with
+    ``weights_only=True``, which refuses the pickled classes of a whole model (and any
+    code a crafted file would run) instead of executing them."""
+    try:
+        model = load_torch(path, allow_pickle)
+    except CliError as e:
+        raise CliError(f"IN.pt: {e}") from e
+    if not isinstance(model, torch.nn.Module):
+        hint = (" (a state_dict? compress needs the whole model: torch.save(model, path), "
+                "read with --allow-pickle)" if isinstance(model, dict) else
+                " (save the model itself with torch.save(model, path))")
+        what = type(model).__name__
+        raise CliError(f"IN.pt: {path} holds a {what}, not a torch.nn.Module{hint}")
+    return model
 
 
 def _plot(args: argparse.Namespace, rules: list, report) -> None:

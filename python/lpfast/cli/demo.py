@@ -8,6 +8,9 @@ import time
 
 import numpy as np
 
+from .args import check_range
+from .arrays import CliError
+
 
 def _best_time(f, repeat: int = 50) -> float:
     """Best wall time of ``f()`` in seconds over ``repeat`` calls (after one warm-up)."""
@@ -34,6 +37,14 @@ def _synthetic_layer(m1: int, n1: int, m2: int, n2: int, seed: int = 0) -> np.nd
 
 def demo(args: argparse.Namespace) -> int:
     import lpfast
+
+    try:
+        check_range(args.density, "--density", 0.0, 1.0)
+        if args.seed < 0:
+            raise CliError(f"--seed: expected a seed >= 0, got {args.seed}")
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     print(f"lpfast {lpfast.__version__}: OpenMP={lpfast.has_openmp()}, threads={lpfast.get_num_threads()}")
     print("\n== Doped Kronecker compression of a 4096 x 4096 layer (built-in synthetic weights) ==")

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from .args import check_threads, check_writable
 from .arrays import CliError, load_array
 from .plot import plot_plans, summary
 
@@ -42,12 +43,12 @@ def plan(args: argparse.Namespace) -> int:
 
     try:
         ratios = parse_ratios(args.ratio, args.ratios)
+        check_threads(args.threads)
         if args.plot:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError as e:
-                raise CliError(f"--plot needs matplotlib: pip install matplotlib "
-                                f"(or pip install \"lpfast[plot]\") ({e})") from e
+            require_matplotlib("--plot")
+            check_writable(args.plot, "--plot")
+        if args.json:
+            check_writable(args.json, "--json")
         E = load_array(args.input, 2, args.allow_pickle)
         weights = None
         if args.counts and args.weights:

@@ -22,6 +22,7 @@ from .compression.compress import CompressionReport, LayerReport, compress, pars
 from .compression.frontier import plot_frontier
 from .compression.linear import fit_linear, params_for_ratio
 from .compression.prune import PairReport, PruneReport, ffn_pairs, prune_ffn
+from .compression.saving import load_compressed, save_compressed
 from .distillation.distill import DistillLayerReport, DistillReport, distill, output_error
 from .layers.annealing import DensitySchedule, SparsityAnnealer
 from .layers.doped_lstm import DopedLSTM
@@ -64,6 +65,8 @@ __all__ = [
     "LowRankSparseLinear",
     "fit_linear",
     "params_for_ratio",
+    "load_compressed",
+    "save_compressed",
 ]
 
 

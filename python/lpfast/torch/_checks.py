@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,11 +26,14 @@ __all__ = [
     "check_input",
     "check_lookup",
     "check_module",
+    "check_state_csr",
+    "check_state_indices",
     "compression_ratio",
     "embedding_shape",
     "float_dtype",
     "layer_dtype",
     "padding_index",
+    "state_tensor",
 ]
 
 #: The dtypes lpfast's kernels (and so its layers) compute in.
@@ -199,3 +203,98 @@ def check_lookup(ids: Tensor, coef: Tensor, bases: Tensor, labels: Tensor,
     if padding_idx is not None and not 0 <= int(padding_idx) < coef.shape[0]:
         msg = f"padding_idx: expected an index in [0, {coef.shape[0]}), got {padding_idx}"
         raise ValueError(msg)
+
+
+# -- index buffers loaded from a state_dict --------------------------------------------------
+#
+# The layers' forwards pass index buffers to C++ kernels or torch's sparse CSR product with
+# the checks off; a state_dict is untrusted input, so it is checked here, once, as it is
+# loaded, and every error names the state_dict key.
+
+def state_tensor(t: Any, key: str, kind: str) -> Tensor:
+    """``t``, loaded as ``state_dict[key]``: a tensor of integers (``kind="index"``) or
+    floats (``kind="float"``), else TypeError naming the key."""
+    if not isinstance(t, Tensor):
+        msg = f"state_dict[{key!r}]: expected a tensor, got {type(t).__name__}"
+        raise TypeError(msg)
+    if kind == "index" and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        msg = f"state_dict[{key!r}]: expected an integer tensor, got {t.dtype}"
+        raise TypeError(msg)
+    if kind == "float" and not t.is_floating_point():
+        msg = f"state_dict[{key!r}]: expected a floating-point tensor, got {t.dtype}"
+        raise TypeError(msg)
+    return t
+
+
+def check_state_indices(t: Tensor, key: str, high: int, *, length: Optional[int] = None,
+                        increasing: bool = False) -> None:
+    """An index tensor loaded as ``key``: 1-d (of ``length`` if given), values in
+    [0, high), strictly increasing if asked; ValueError naming the key. O(len)."""
+    if t.dim() != 1 or (length is not None and t.shape[0] != length):
+        want = f"({length},)" if length is not None else "(N,)"
+        msg = f"state_dict[{key!r}]: expected shape {want}, got {tuple(t.shape)}"
+        raise ValueError(msg)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= high):
+        msg = (f"state_dict[{key!r}]: values must lie in [0, {high}), got range "
+               f"[{int(t.min())}, {int(t.max())}]")
+        raise ValueError(msg)
+    if increasing and t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
+        msg = f"state_dict[{key!r}]: must be strictly increasing"
+        raise ValueError(msg)
+
+
+def check_state_csr(module: nn.Module, state_dict: Any, prefix: str, shape: tuple[int, int],
+                    *, sorted_columns: bool = False) -> None:
+    """S of a sparse layer as ``load_state_dict`` is about to load it: ``S_values``,
+    ``S_crow_indices``, ``S_col_indices``, each from ``state_dict`` where present, else the
+    layer's own, and ``S_mask`` if the state_dict holds one.
+
+    Checked: float values (and mask, of the values' length), int32 or int64 index tensors of
+    one dtype, 1-d, crow of length rows + 1, the CSR invariants of
+    :func:`lpfast._validate.as_csr` (crow from 0, non-decreasing, ending at nnz; columns in
+    [0, cols)), with ``sorted_columns`` also columns strictly increasing within each row
+    (torch's sparse CSR invariant). TypeError/ValueError naming the key. O(nnz).
+    """
+    def get(name: str, kind: str) -> Optional[Tensor]:
+        if prefix + name in state_dict:
+            return state_tensor(state_dict[prefix + name], prefix + name, kind)
+        return getattr(module, name, None)
+
+    values = get("S_values", "float")
+    crow, col = get("S_crow_indices", "index"), get("S_col_indices", "index")
+    kc, kv = prefix + "S_col_indices", prefix + "S_values"
+    for key, t in ((prefix + "S_crow_indices", crow), (kc, col)):
+        if t.dtype not in (torch.int32, torch.int64):
+            msg = f"state_dict[{key!r}]: expected int32 or int64 indices, got {t.dtype}"
+            raise TypeError(msg)
+    if crow.dtype != col.dtype:
+        msg = (f"state_dict[{prefix + 'S_crow_indices'!r}], state_dict[{kc!r}]: expected one "
+               f"index dtype (int32 or int64), got {crow.dtype} and {col.dtype}")
+        raise TypeError(msg)
+    rows, cols = shape
+    # crow: its length and no negative value here; its start, order and end below
+    check_state_indices(crow, prefix + "S_crow_indices", 2**63 - 1, length=rows + 1)
+    if values.dim() != 1:
+        msg = f"state_dict[{kv!r}]: expected shape (nnz,), got {tuple(values.shape)}"
+        raise ValueError(msg)
+    check_state_indices(col, kc, cols, length=values.shape[0])
+    if prefix + "S_mask" in state_dict:  # a layer without one in the state drops its own
+        mask = get("S_mask", "float")
+        if tuple(mask.shape) != tuple(values.shape):
+            msg = (f"state_dict[{prefix + 'S_mask'!r}]: expected the shape of S_values "
+                   f"{tuple(values.shape)}, got {tuple(mask.shape)}")
+            raise ValueError(msg)
+    # The CSR check proper (columns passed above): crow from 0, non-decreasing, ending at nnz.
+    indptr, indices = crow.detach().numpy(), col.detach().numpy()
+    as_csr((indptr, indices, np.zeros(indices.shape[0])),
+           f"state_dict[{prefix + 'S_crow_indices'!r}]", shape, np.float64, check_finite=False)
+    if sorted_columns and indices.shape[0] > 1:
+        new_row = np.zeros(indices.shape[0], dtype=bool)
+        starts = indptr[:-1][indptr[:-1] < indices.shape[0]]
+        new_row[starts] = True
+        bad = (np.diff(indices.astype(np.int64)) <= 0) & ~new_row[1:]
+        if bad.any():
+            k = int(np.argmax(bad)) + 1
+            msg = (f"state_dict[{kc!r}]: columns must be strictly increasing within each row "
+                   f"(torch's sparse CSR layout), position {k} is not")
+            raise ValueError(msg)

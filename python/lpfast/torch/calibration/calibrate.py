@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..._files import load_failure
 from ._running import (Progress, _HookError, batch_list, check_model, eval_mode, first_input,
                        known_length, match_linears, removing, run_batch)
 
@@ -135,17 +136,19 @@ class Calibration(Mapping):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        """The calibration :meth:`to_dict` described, checked (ValueError naming the part
+        that is wrong: a calibration file is input like any other)."""
         if not isinstance(d, Mapping) or d.get("format") != _FORMAT:
             msg = "d: not an lpfast calibration (expected Calibration.to_dict()'s output)"
             raise ValueError(msg)
-        layers = {}
-        for name, s in d["layers"].items():
-            gram = s.get("gram_sum")
-            layers[name] = LayerStats(int(s["in_features"]), int(s["n_rows"]),
-                                      torch.as_tensor(s["sum"], dtype=torch.float64),
-                                      torch.as_tensor(s["sq_sum"], dtype=torch.float64),
-                                      None if gram is None else torch.as_tensor(gram, dtype=torch.float64))
-        return cls(layers, str(d["mode"]), int(d["n_batches"]), float(d.get("seconds", 0.0)))
+        try:
+            if d["mode"] not in ("gram", "scale") or not isinstance(d["layers"], Mapping):
+                raise ValueError("expected mode 'gram' or 'scale' and a 'layers' mapping")
+            layers = {str(name): _layer_from_dict(s) for name, s in d["layers"].items()}
+            return cls(layers, str(d["mode"]), int(d["n_batches"]), float(d.get("seconds", 0.0)))
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            msg = f"d: malformed lpfast calibration ({type(e).__name__}: {e})"
+            raise ValueError(msg) from None
 
     def save(self, path: Any) -> None:
         """Write to ``path``: NumPy ``.npz`` if it ends in ``.npz``, else ``torch.save``."""
@@ -166,18 +169,55 @@ class Calibration(Mapping):
 
     @classmethod
     def load(cls, path: Any) -> Calibration:
-        """Read what :meth:`save` wrote."""
+        """Read what :meth:`save` wrote, without unpickling (``torch.load(weights_only=True)``
+        or ``np.load(allow_pickle=False)``).
+
+        Raises
+        ------
+        OSError
+            ``path`` cannot be opened.
+        ValueError
+            ``path`` is not a saved calibration (garbage, truncated, another file); the
+            message names it.
+        """
         path = os.fspath(path)
-        if not path.endswith(".npz"):
-            return cls.from_dict(torch.load(path, weights_only=True))
-        with np.load(path, allow_pickle=False) as z:
-            d = json.loads(str(z["__meta__"]))
-            for name, s in d["layers"].items():
-                i = s.pop("index")
-                for key in ("sum", "sq_sum", "gram_sum"):
-                    if f"{i}_{key}" in z:
-                        s[key] = torch.from_numpy(z[f"{i}_{key}"])
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(_read(path))
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, BadZipFile, EOFError, ...
+            msg = f"{path}: not a saved lpfast calibration ({load_failure(e)})"
+            raise ValueError(msg) from None
+
+
+def _read(path: str) -> Any:
+    """The dict a :meth:`Calibration.save` file holds (a .npz's arrays put back in place)."""
+    if not path.endswith(".npz"):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with np.load(path, allow_pickle=False) as z:
+        d = json.loads(str(z["__meta__"]))
+        for s in d["layers"].values():
+            i = s.pop("index")
+            for key in ("sum", "sq_sum", "gram_sum"):
+                if f"{i}_{key}" in z:
+                    s[key] = torch.from_numpy(z[f"{i}_{key}"])
+    return d
+
+
+def _layer_from_dict(s: Mapping[str, Any]) -> LayerStats:
+    """One layer's statistics of :meth:`LayerStats.to_dict`, shapes checked."""
+    n = int(s["in_features"])
+    rows = int(s["n_rows"])
+    if n < 1 or rows < 0:
+        raise ValueError(f"in_features {n} and n_rows {rows}: expected >= 1 and >= 0")
+    gram = s.get("gram_sum")
+    parts = [torch.as_tensor(s["sum"], dtype=torch.float64),
+             torch.as_tensor(s["sq_sum"], dtype=torch.float64),
+             None if gram is None else torch.as_tensor(gram, dtype=torch.float64)]
+    for t, want in zip(parts, ((n,), (n,), (n, n))):
+        if t is not None and tuple(t.shape) != want:
+            raise ValueError(f"statistics of shape {tuple(t.shape)}, expected {want}")
+    return LayerStats(n, rows, *parts)
 
 
 def calibrate(model: nn.Module, batches: Any, rules: Any = "*", *, mode: str = "gram",

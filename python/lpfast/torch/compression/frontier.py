@@ -8,6 +8,7 @@ no other beats on both, the speed the target asked for, and the chosen fit.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 __all__ = ["frontier", "plot_frontier"]
@@ -25,6 +26,23 @@ def frontier(candidates: Sequence[Any]) -> list[Any]:
             out.append(c)
             best = c.error
     return out[::-1]
+
+
+def _selection_items(selections: Any) -> list[tuple[str, Any]]:
+    """(name, Selection) pairs of what :func:`plot_frontier` accepts, else TypeError."""
+    if hasattr(selections, "layers"):
+        return [(r.name, r.selection) for r in selections.layers if r.selection is not None]
+    what = ("selections: expected a CompressionReport, a mapping name -> Selection or a "
+            "list of (name, Selection)")
+    try:
+        items = list(selections.items() if hasattr(selections, "items") else selections)
+    except TypeError:
+        raise TypeError(f"{what}, got {type(selections).__name__}") from None
+    for item in items:
+        if (not isinstance(item, tuple) or len(item) != 2
+                or not hasattr(item[1], "candidates")):
+            raise TypeError(f"{what}, got an item {item!r:.80}")
+    return items
 
 
 def plot_frontier(selections: Any, path: str, title: str = "") -> None:
@@ -48,15 +66,13 @@ def plot_frontier(selections: Any, path: str, title: str = "") -> None:
     ValueError
         No layer has a selection (no ``"auto"`` rule on an nn.Linear).
     """
+    items = _selection_items(selections)
+    if not isinstance(path, (str, os.PathLike)) and not hasattr(path, "write"):
+        msg = f"path: expected a file path or a binary file object, got {type(path).__name__}"
+        raise TypeError(msg)
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    if hasattr(selections, "layers"):
-        items = [(r.name, r.selection) for r in selections.layers if r.selection is not None]
-    elif hasattr(selections, "items"):
-        items = list(selections.items())
-    else:
-        items = list(selections)
     if not items:
         msg = "selections: no layer has an 'auto' candidate table (no auto rule on an nn.Linear)"
         raise ValueError(msg)

@@ -154,7 +154,8 @@ def _check(compressed, original, mode, steps, time_budget, lr, seed, max_rows, b
     else:  # only the time budget limits
         steps = sys.maxsize
     lr = _DEFAULT_LR[mode] if lr is None else as_float(lr, "lr", low=0.0)
-    as_int(seed, "seed")
+    # torch.Generator.manual_seed's range, non-negative as lpfast's NumPy API wants seeds
+    as_int(seed, "seed", low=0, high=2**64 - 1)
     return (steps, time_budget, lr, as_int(max_rows, "max_rows", low=1),
             as_int(batch_rows, "batch_rows", low=1))
 

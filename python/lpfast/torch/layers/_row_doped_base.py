@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ... import RowDoped, row_doped_fit
 from ..._validate import as_float, as_int
-from .._checks import compression_ratio, layer_dtype
+from .._checks import check_state_indices, compression_ratio, layer_dtype, state_tensor
 from ..ops import projective_lookup
 
 __all__ = ["RowDopedBase", "fit_budget"]
@@ -213,22 +213,12 @@ class RowDopedBase(nn.Module):
             return ValueError(f"state_dict[{prefix + key!r}]: {what}")
 
         for key, t in st.items():
-            if not isinstance(t, Tensor):
-                msg = f"state_dict[{prefix + key!r}]: expected a tensor, got {type(t).__name__}"
-                raise TypeError(msg)
-            integer = key in _INDEX_NAMES
-            if integer and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-                raise bad(key, f"expected an integer tensor, got {t.dtype}")
-            if not integer and not t.is_floating_point():
-                raise bad(key, f"expected a floating-point tensor, got {t.dtype}")
+            state_tensor(t, prefix + key, "index" if key in _INDEX_NAMES else "float")
         ex, rows = st["exact_indices"], st["exact_rows"]
         if ex.dim() != 1 or ex.numel() >= n:
             raise bad("exact_indices", f"expected shape (R,) with R < {n}, got {tuple(ex.shape)}")
         R = ex.numel()
-        if R and (int(ex.min()) < 0 or int(ex.max()) >= n):
-            raise bad("exact_indices", f"values must lie in [0, {n})")
-        if R > 1 and not bool((ex[1:] > ex[:-1]).all()):
-            raise bad("exact_indices", "must be strictly increasing")
+        check_state_indices(ex, prefix + "exact_indices", n, increasing=True)
         if tuple(rows.shape) != (R, d):
             raise bad("exact_rows", f"expected shape ({R}, {d}), got {tuple(rows.shape)}")
         if self.method == "projective":
@@ -240,8 +230,7 @@ class RowDopedBase(nn.Module):
                 raise bad("coefficients", f"expected shape ({n - R}, {j}), got {tuple(coef.shape)}")
             if tuple(lab.shape) != (n - R,):
                 raise bad("labels", f"expected shape ({n - R},), got {tuple(lab.shape)}")
-            if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= K):
-                raise bad("labels", f"values must lie in [0, {K})")
+            check_state_indices(lab, prefix + "labels", K)
         else:
             U, Vt = st["U"], st["Vt"]
             if Vt.dim() != 2 or Vt.shape[1] != d or Vt.shape[0] < 1:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ... import DopedKronecker, doped_kp_fit
-from ..._validate import as_csr, as_factor_shapes, as_float, as_int, as_shape2
-from .._checks import check_input, check_module, layer_dtype
+from ..._validate import as_factor_shapes, as_float, as_int, as_shape2
+from .._checks import check_input, check_module, check_state_csr, layer_dtype
 from .._eager import plain_inference
 from ..ops import doped_kp_matmul
 
@@ -65,9 +65,19 @@ def co_matrix_dropout(values: Tensor, p: float, training: bool = True) -> Tensor
     -------
     Tensor, shape (nnz,), same dtype.
     """
-    if not 0 <= p < 1:
+    if not isinstance(values, Tensor) or not values.is_floating_point():
+        what = values.dtype if isinstance(values, Tensor) else type(values).__name__
+        msg = f"values: expected a floating-point tensor, got {what}"
+        raise TypeError(msg)
+    p = as_float(p, "p", low=0.0)
+    if p >= 1:
         msg = f"p: expected a dropout probability in [0, 1), got {p}"
         raise ValueError(msg)
+    return _dropout(values, p, bool(training))
+
+
+def _dropout(values: Tensor, p: float, training: bool) -> Tensor:
+    """:func:`co_matrix_dropout` on checked arguments (the layers' per-call path)."""
     if not training or p == 0:
         return values
     # Not F.dropout: DopedLSTM drops every stored entry of S (millions while annealing
@@ -185,7 +195,7 @@ class DopedKroneckerLinear(nn.Module):
 
     def _effective_values(self) -> Tensor:
         v = self.S_values if self.S_mask is None else self.S_values * self.S_mask
-        return co_matrix_dropout(v, self.cmr, self.training)
+        return _dropout(v, self.cmr, self.training)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in_features) -> (..., out_features), the layer's dtype.
@@ -449,39 +459,11 @@ class DopedKroneckerLinear(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._check_stored_pattern(state_dict, prefix)
+        # The forward hands S to C++ unchecked: a state_dict is checked once, here.
+        check_state_csr(self, state_dict, prefix, (self.out_features, self.in_features))
         # S's size (and the mask's presence) varies with pruning: adopt the stored one.
         _resize_from_state_dict(self, state_dict, prefix,
                                 ("S_values", "S_crow_indices", "S_col_indices", "S_mask"))
         if prefix + "S_mask" not in state_dict:
             self.S_mask = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _check_stored_pattern(self, state_dict: dict, prefix: str) -> None:
-        """S's pattern as it will be after loading (stored tensors, else the layer's own)
-        is a valid CSR of this layer's shape, with one value (and mask entry) per index:
-        the kernels index with it unchecked, so a corrupt file must fail here, by name."""
-        keys = ("S_crow_indices", "S_col_indices", "S_values")
-        if not any(prefix + k in state_dict for k in keys):
-            return
-        crow, col, vals = (state_dict.get(prefix + k, getattr(self, k)) for k in keys)
-        name = f"state_dict[{prefix}S_*]"
-        for k, t in zip(keys, (crow, col, vals)):
-            if not isinstance(t, Tensor):
-                msg = f"{name}: {prefix}{k} is a {type(t).__name__}, expected a torch.Tensor"
-                raise TypeError(msg)
-        if crow.dtype not in (torch.int32, torch.int64) or col.dtype != crow.dtype:
-            msg = (f"{name}: expected int32 or int64 index tensors of one dtype, got "
-                   f"{crow.dtype} and {col.dtype}")
-            raise TypeError(msg)
-        arrays = tuple(t.detach().cpu().contiguous().numpy() for t in (crow, col, vals))
-        if arrays[2].dtype.kind != "f":
-            msg = f"{name}: {prefix}S_values must be floating point, got {vals.dtype}"
-            raise TypeError(msg)
-        as_csr(arrays, name, (self.out_features, self.in_features), arrays[2].dtype,
-               check_finite=False)
-        mask = state_dict.get(prefix + "S_mask")
-        if mask is not None and tuple(mask.shape) != tuple(vals.shape):
-            msg = (f"{name}: {prefix}S_mask has shape {tuple(mask.shape)}, S_values "
-                   f"{tuple(vals.shape)}")
-            raise ValueError(msg)

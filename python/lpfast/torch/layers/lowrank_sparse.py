@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._validate import as_float
+from .._checks import check_state_csr
 from .lowrank import LowRankLinear
 
 __all__ = ["LowRankSparseLinear"]
@@ -127,6 +128,10 @@ class LowRankSparseLinear(LowRankLinear):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch's CSR product trusts its pattern (built without invariant checks): a
+        # state_dict is checked once, here, to torch's layout (sorted columns).
+        check_state_csr(self, state_dict, prefix, (self.out_features, self.in_features),
+                        sorted_columns=True)
         # S's size is the fitted one, not the constructor's: adopt the stored size (values
         # keep this layer's dtype, indices the stored integer type) before loading.
         for name in _S_NAMES:

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from ... import k_subspaces
 from ..._validate import as_int
-from .._checks import check_embedding, check_indices, embedding_shape, layer_dtype
+from .._checks import (check_embedding, check_indices, check_state_indices, embedding_shape,
+                       layer_dtype, state_tensor)
 from ..ops import projective_lookup
 
 __all__ = ["ProjectiveEmbedding"]
@@ -71,6 +72,17 @@ class ProjectiveEmbedding(nn.Module):
         """The (n, d) table, detached."""
         with torch.no_grad():
             return torch.bmm(self.coef.unsqueeze(1), self.bases[self.labels]).squeeze(1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Labels index the bases in C++: checked once as they are loaded (a float or
+        # out-of-range label would otherwise be cast or found only at lookup time).
+        if prefix + "labels" in state_dict:
+            labels = state_tensor(state_dict[prefix + "labels"], prefix + "labels", "index")
+            bases = state_dict.get(prefix + "bases", self.bases)
+            whole = isinstance(bases, Tensor) and bases.dim() == 3  # else torch refuses it
+            k = int(bases.shape[0]) if whole else self.n_subspaces
+            check_state_indices(labels, prefix + "labels", k, length=self.num_embeddings)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, n_subspaces={self.n_subspaces}, "
