@@ -149,9 +149,9 @@ def test_threads_agree():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_one_row_step_on_two_threads(dtype):
-    # Large enough (~2.5M flops per step) for two threads to split the gate matrices of a
-    # single row's step: the same bits as one thread, and the reference.
+def test_one_row_step_thread_setting(dtype):
+    # Large enough (~2.5M flops per step) that threads would pay: the thread setting does
+    # not change a single row's step (it runs on one thread), and it matches the reference.
     rng = np.random.default_rng(11)
     layers = []
     for _ in range(2):

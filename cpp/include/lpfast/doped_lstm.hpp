@@ -289,8 +289,6 @@ class DopedLstm {
   static constexpr std::int64_t kChunkRows = 32;
   // Rows of the batch one thread carries through a call at a time.
   static constexpr std::int64_t kBlockRows = 32;
-  // Work (flops, ~19 per non-zero) of one row's step from which two threads share it.
-  static constexpr double kPairWork = 1.0e6;
 
   // Checks the shapes (every layer's W_hh is (4H, H) with the same H, W_ih (4H, input) with
   // input = H above layer 0) and each S (check_csr), then lays out B^T and SELL copies.
@@ -378,12 +376,11 @@ class DopedLstm {
     const double per_row = kron_flops_ + 19.0 * static_cast<double>(nnz_) + 30.0 * L * H_;
     const int nt = static_cast<int>(std::min<std::int64_t>(
         threads_for(per_row * static_cast<double>(batch * steps), 2.0e5), batch));
-    // One row, one step (a server's token): rows cannot be split, so two threads split the
-    // gate matrices instead (below kPairWork the team costs more than it saves).
-    if (batch == 1 && steps == 1 && threads_for(per_row, kPairWork) >= 2) {
-      step_pair(xs, ys, h_n, c_n);
-      return;
-    }
+    // One row runs on one thread: splitting its gate matrices over two threads (W_ih x on
+    // one, W_hh h on the other, two barriers per layer; `git log -S step_pair`) gave the
+    // same bits but ran 2-4x slower on this 2-core machine shared with other jobs (paper
+    // size, 25x: 1 thread 238 us median / 107 min, 2 threads 1057 / 223, wall, load ~14):
+    // a barrier waits for a descheduled thread. Rows of a batch split without barriers.
     parallel_region(nt, [&](int tid, int team) {
       const auto [b0, b1] = static_range(batch, tid, team);
       for (std::int64_t b = b0; b < b1; b += kBlockRows)
@@ -392,52 +389,6 @@ class DopedLstm {
   }
 
  private:
-  // One step of one row on two threads: per layer, thread 0 computes W_ih x + bias and
-  // thread 1 W_hh h (the two halves of the work when input and hidden sizes are equal),
-  // then thread 0 runs the cell. Two barriers per layer; the sums are those of run_block,
-  // so the result does not depend on the thread count.
-  void step_pair(const T* x, T* y, T* h_n, T* c_n) const {
-    const std::int64_t H = H_, G = 4 * H, L = num_layers();
-    detail::LstmScratch<T> ws[2];
-    for (auto& w : ws) {
-      w.t.resize(static_cast<std::size_t>(max_t_));
-      w.xt.resize(static_cast<std::size_t>(max_cols_ * 32));
-    }
-    std::vector<T> pre(static_cast<std::size_t>(G)), z(static_cast<std::size_t>(G));
-    // A raw region, not parallel_region: it holds barriers (as doped_kron_team's does);
-    // nothing in it allocates or throws.
-#pragma omp parallel num_threads(2)
-    {
-      const int tid = thread_id(), team = team_size();
-      for (std::int64_t l = 0; l < L; ++l) {
-        const T* in = l == 0 ? x : h_n + (l - 1) * H;
-        if (tid == 0) {
-          detail::gate_product(gates_[static_cast<std::size_t>(2 * l)], in, 1, pre.data(), false,
-                               ws[0]);
-          if (const T* bias = bias_[static_cast<std::size_t>(l)]) {
-            detail::ArrMap<T>(pre.data(), G) +=
-                Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias, G);
-          }
-        }
-        if (tid == 1 || team == 1) {  // the runtime may grant one thread (nested calls)
-          detail::gate_product(gates_[static_cast<std::size_t>(2 * l + 1)], h_n + l * H, 1,
-                               z.data(), false, ws[team == 1 ? 0 : 1]);
-        }
-        if (team > 1) {
-#pragma omp barrier
-        }
-        if (tid == 0) {
-          detail::ArrMap<T>(z.data(), G) += Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(pre.data(), G);
-          detail::lstm_cell(z.data(), c_n + l * H, c_n + l * H, h_n + l * H, H);
-        }
-        if (team > 1) {
-#pragma omp barrier
-        }
-      }
-    }
-    std::copy(h_n + (L - 1) * H, h_n + L * H, y);
-  }
-
   // Rows [b0, b1) of the batch through all layers and steps, with state in h_n/c_n.
   void run_block(const T* xs, std::int64_t batch, std::int64_t steps, std::int64_t b0,
                  std::int64_t b1, T* ys, T* h_n, T* c_n) const {
@@ -471,7 +422,7 @@ class DopedLstm {
         T* hl = h_n + (l * batch + b0) * H;  // (nb, H), contiguous
         T* cl = c_n + (l * batch + b0) * H;
         for (std::int64_t s = 0; s < tc; ++s) {
-          // z = W_hh h, then + (W_ih x + bias): the sums step_pair forms on two threads.
+          // z = W_hh h, then + (W_ih x + bias).
           detail::gate_product(hh, hl, nb, z.data(), false, ws);
           for (std::int64_t b = 0; b < nb; ++b) {
             detail::ArrMap<T>(z.data() + b * G, G) +=
