@@ -340,11 +340,14 @@ X32 = X.astype(np.float32)
     pytest.param(lambda: lpfast.DopedKronecker(A23.astype(np.float32), B32), "A", id="DopedKronecker"),
     pytest.param(lambda: lpfast.LowRankSparse(np.ones((6, 2), np.float32), np.ones((2, 6))), "U",
                  id="LowRankSparse"),
-    # issue 18 item 11: these three converted silently
+    # issue 18 item 11: these converted silently (per-row weights are converted on purpose,
+    # as the README says: they are (n,), not a second copy of the data)
     pytest.param(lambda: lpfast.subspace_cost(X32, BASIS), "basis", id="subspace_cost-basis"),
     pytest.param(lambda: lpfast.k_subspaces(X32, 2, 1, seed=0, n_init=1).predict(X[:2]), "Y",
                  id="KSubspaces.predict-Y"),
-    pytest.param(lambda: lpfast.lp_subspace(X32, 2, weights=np.ones(12)), "weights", id="lp_subspace-weights"),
+    pytest.param(lambda: lpfast.lp_subspace(X32, 2, init=BASIS), "init", id="lp_subspace-init"),
+    pytest.param(lambda: lpfast.k_subspaces(X32, 2, 1, init_bases=np.stack([BASIS[:, :1]] * 2)),
+                 "init_bases", id="k_subspaces-init_bases"),
 ])
 def test_mixed_float_dtypes(call, name):
     assert_rejects(call, name, TypeError)

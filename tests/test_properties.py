@@ -280,7 +280,7 @@ def test_k_subspaces_against_reference(data, K, j_frac, p, seed, use_init):
     if K * j > n:
         K = max(1, n // j)
     rng = np.random.default_rng(seed)
-    init = rng.standard_normal((K, d, j)) if use_init else None
+    init = rng.standard_normal((K, d, j)).astype(X.dtype) if use_init else None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ks = lpfast.k_subspaces(X, K, j, p, init_bases=init, seed=seed, n_init=2)
@@ -315,7 +315,7 @@ def test_k_subspaces_scale_equivariant(dtype, seed, scale, p):
     rng = np.random.default_rng(seed)
     n, d = int(rng.integers(6, 40)), int(rng.integers(3, 8))
     X = rng.standard_normal((n, d))
-    init = rng.standard_normal((2, d, 2))
+    init = rng.standard_normal((2, d, 2)).astype(dtype)  # one dtype: mixing is a TypeError
     a = lpfast.k_subspaces((X * scale).astype(dtype), 2, 2, p, init_bases=init)
     b = lpfast.k_subspaces(X.astype(dtype), 2, 2, p, init_bases=init)
     assert np.isfinite(a.bases).all() and np.isfinite(a.cost)
