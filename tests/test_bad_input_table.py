@@ -311,6 +311,9 @@ def _scalar_cases():
             {"U": np.ones((6, 2)), "V": np.ones((2, 6)), "S_indptr": np.zeros(7, int)}), "d"),
         ("RowDoped.from_dict-None", lambda: lpfast.RowDoped.from_dict(None), "state"),
         ("KSubspaces.predict-wrong_d", lambda: _ksub_predict(np.ones((2, 3))), "Y"),
+        ("DopedLSTMRuntime-layers_int", lambda: lpfast.DopedLSTMRuntime(5), "layers"),
+        ("DopedLSTMRuntime-layers_empty", lambda: lpfast.DopedLSTMRuntime([]), "layers"),
+        ("DopedLSTMRuntime-layer_arrays", lambda: lpfast.DopedLSTMRuntime([(A23, B32, None)]), "layers"),
         ("LowRankSparse-inner", lambda: lpfast.LowRankSparse(np.ones((6, 2)), np.ones((3, 6))), "U"),
         ("LowRankSparse.__call__-width", lambda: _lrs_call(np.ones((2, 5))), "x"),
         ("DopedKronecker.__call__-width", lambda: _dk_call(np.ones((2, 5))), "x"),
@@ -322,7 +325,8 @@ def _scalar_cases():
     return [pytest.param(c, a, id=i) for i, c, a in rows]
 
 
-SCALAR_COVERED = ("kron_factor_shapes", "hidden_keep_count", "set_num_threads", "RowDoped")
+SCALAR_COVERED = ("kron_factor_shapes", "hidden_keep_count", "set_num_threads", "RowDoped",
+                  "DopedLSTMRuntime")
 
 
 @pytest.mark.parametrize("call, name", _scalar_cases())
@@ -458,6 +462,8 @@ def _torch_cases():
         ("RowDopedEmbedding-rank", lambda: _lt()[1].RowDopedEmbedding(10, 4, 0), "rank"),
         ("RowDopedEmbedding-method", lambda: _lt()[1].RowDopedEmbedding(10, 4, 1, method="pca"), "method"),
         ("RowDopedLinear-n_exact", lambda: _lt()[1].RowDopedLinear(4, 10, 1, n_exact=-1), "n_exact"),
+        ("DopedLSTM-input_size", lambda: _lt()[1].DopedLSTM(-1, 4), "input_size"),
+        ("DopedLSTM-density", lambda: _lt()[1].DopedLSTM(4, 4, density=2.0), "density"),
         # issue 18 item 11: p = -0.1 and NaN were accepted; integer values obscure
         ("co_matrix_dropout-p_neg", lambda: _lt()[1].co_matrix_dropout(tensor(np.ones(4)), -0.1), "p"),
         ("co_matrix_dropout-p_nan", lambda: _lt()[1].co_matrix_dropout(tensor(np.ones(4)), float("nan")), "p"),
