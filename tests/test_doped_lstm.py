@@ -148,6 +148,34 @@ def test_threads_agree():
     np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_row_step_thread_setting(dtype):
+    # Large enough (~2.5M flops per step) that threads would pay: the thread setting does
+    # not change a single row's step (it runs on one thread), and it matches the reference.
+    rng = np.random.default_rng(11)
+    layers = []
+    for _ in range(2):
+        ih = _op(rng, 512, 128, (32, 16), (16, 8), density=0.5, scale=0.05, dtype=dtype)
+        hh = _op(rng, 512, 128, (32, 16), (16, 8), density=0.5, scale=0.05, dtype=dtype)
+        layers.append((ih, hh, (0.1 * rng.standard_normal(512)).astype(dtype)))
+    rt = lpfast.DopedLSTMRuntime(layers)
+    x = rng.standard_normal((1, 128)).astype(dtype)
+    h = (0.5 * rng.standard_normal((2, 1, 128))).astype(dtype)
+    c = rng.standard_normal((2, 1, 128)).astype(dtype)
+    lpfast.set_num_threads(1)
+    one = rt.step(x, h, c)
+    lpfast.set_num_threads(2)
+    two = rt.step(x, h, c)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    dense = [(w.astype(np.float64), u.astype(np.float64), b.astype(np.float64))
+             for w, u, b in _dense(layers)]
+    want, (wh, wc) = ref.doped_lstm_forward(x[:, None].astype(np.float64), dense, h, c)
+    _close(two[0], want[:, 0], dtype)
+    _close(two[1], wh, dtype)
+    _close(two[2], wc, dtype)
+
+
 def test_concurrent_calls():
     rt = lpfast.DopedLSTMRuntime(_layers())
     rng = np.random.default_rng(7)

@@ -26,35 +26,9 @@
 #include "lpfast/sym_eigen.hpp"
 #include "lpfast/types.hpp"
 
+#include "check.hpp"
+
 namespace {
-
-int failures = 0;
-
-void check(bool ok, const std::string& what) {
-  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
-  if (!ok) ++failures;
-}
-
-template <class T>
-const char* name() {
-  return sizeof(T) == 4 ? "float" : "double";
-}
-
-// Relative accuracy expected of a T computation of length-n sums.
-template <class T>
-double tol(double n) {
-  return 8.0 * std::sqrt(n) * std::numeric_limits<T>::epsilon();
-}
-
-// n x d points with a decaying spectrum (so top eigenvalues are separated).
-template <class T>
-lpfast::RowMat<T> points(std::int64_t n, std::int64_t d, lpfast::Rng& rng) {
-  lpfast::RowMat<T> X(n, d);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t t = 0; t < d; ++t)
-      X(i, t) = static_cast<T>(rng.normal() / std::sqrt(1.0 + t));
-  return X;
-}
 
 // gram_accumulate against the naive triple loop in double, on listed rows with scales,
 // widths that leave a masked column tail, and a subtraction.
@@ -475,6 +449,47 @@ void test_doped_lstm() {
       }
       lpfast::set_num_threads(0);
     }
+  }
+  // One row, one step of a layer large enough that threads would pay (~2.5M flops): the
+  // same bits with 1 and 2 threads, and the dense recurrence.
+  {
+    const std::int64_t h2 = 128;
+    std::vector<TestGate<T>> big;
+    for (int k = 0; k < 4; ++k) big.push_back(test_gate<T>(rng, 1, 32, 16, 16, 8, 2, 0.05));
+    std::vector<lpfast::DopedLstmLayer<T>> layers(2);
+    for (std::int64_t l = 0; l < 2; ++l) {
+      layers[l].ih = big[2 * l].view(true);
+      layers[l].hh = big[2 * l + 1].view(true);
+    }
+    const lpfast::DopedLstm<T> lstm(layers);
+    std::vector<T> x(h2), h(2 * h2), c(2 * h2);
+    for (auto& v : x) v = static_cast<T>(rng.normal());
+    for (auto& v : h) v = static_cast<T>(0.5 * rng.normal());
+    for (auto& v : c) v = static_cast<T>(rng.normal());
+    std::vector<T> y1(h2), h1(2 * h2), c1(2 * h2), y2(h2), hb(2 * h2), cb(2 * h2);
+    lpfast::set_num_threads(1);
+    lstm.step(x.data(), 1, h.data(), c.data(), y1.data(), h1.data(), c1.data());
+    lpfast::set_num_threads(2);
+    lstm.step(x.data(), 1, h.data(), c.data(), y2.data(), hb.data(), cb.data());
+    lpfast::set_num_threads(0);
+    Eigen::VectorXd in = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(x.data(), h2).template cast<double>();
+    double e = 0;
+    for (std::int64_t l = 0; l < 2; ++l) {
+      Eigen::VectorXd hl(h2), z;
+      for (std::int64_t k = 0; k < h2; ++k) hl(k) = h[l * h2 + k];
+      z = big[2 * l].W * in + big[2 * l + 1].W * hl;
+      for (std::int64_t k = 0; k < h2; ++k) {
+        auto sg = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+        const double cc = sg(z(h2 + k)) * c[l * h2 + k] + sg(z(k)) * std::tanh(z(2 * h2 + k));
+        const double hh = sg(z(3 * h2 + k)) * std::tanh(cc);
+        e = std::max({e, std::fabs(cc - c1[l * h2 + k]), std::fabs(hh - h1[l * h2 + k])});
+        in(k) = hh;
+      }
+    }
+    check(y1 == y2 && h1 == hb && c1 == cb && y1 == std::vector<T>(h1.begin() + h2, h1.end()) &&
+              e <= 200 * std::numeric_limits<T>::epsilon(),
+          std::string("one large step of one row: same bits on 1 and 2 threads, and dense, ") +
+              name<T>());
   }
   // Zero state and zero steps: h_n, c_n are zeros / the given state.
   std::vector<lpfast::DopedLstmLayer<T>> layers(L);

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._gram import Gram, as_gram, as_ridge, csr_parts, dense_sparse, doping
-from ._validate import (as_csr, as_float, as_float_array, as_int, as_ndarray,
+from ._validate import (as_csr, as_float, as_float_array, as_int, as_matrix, as_ndarray,
                         common_float_dtype, state_entries, tensor_as_numpy)
 
 __all__ = ["LowRankSparse", "calibration_error", "lowrank_fit", "lowrank_sparse_fit"]
@@ -52,6 +52,10 @@ def calibration_error(W: Any, W_hat: Any, input_gram: Any = None, input_scale: A
         W_hat = W_hat.to_dense()
     elif isinstance(W_hat, tuple) and len(W_hat) == 2:
         U, V = (as_float_array(a, f"W_hat[{i}]", np.float64, ndim=2) for i, a in enumerate(W_hat))
+        if U.shape[1] != V.shape[0]:
+            msg = (f"W_hat: a pair (U, V) means U @ V, but U is {U.shape} and V is {V.shape} "
+                   f"(inner sizes differ)")
+            raise ValueError(msg)
         W_hat = U @ V
     W_hat = as_float_array(W_hat, "W_hat", np.float64, ndim=2)
     if W_hat.shape != W.shape:
@@ -141,7 +145,7 @@ def lowrank_fit(W: Any, rank: int, *, input_gram: Any = None, input_scale: Any =
     Cost: O(in³) for the Cholesky factor plus O(out·in·min(out, in)) for the truncated
     SVD (an eigendecomposition of the smaller Gram), in float64.
     """
-    W = as_float_array(W, "W", ndim=2)
+    W = as_matrix(W, "W")  # an empty W would be blamed on rank (in [1, 0])
     rank = _check_rank(rank, W.shape)
     gram = as_gram(input_gram, input_scale, W.shape[1])
     ridge = as_ridge(ridge)
@@ -335,7 +339,7 @@ def lowrank_sparse_fit(W: Any, rank: int, density: float, *, input_gram: Any = N
     Cost per round: one SVD of (out, in), O(out * in²) for R C, and the per-row solves
     (Σ_rows |J|³); float64 throughout, the result cast to W's dtype.
     """
-    W = as_float_array(W, "W", ndim=2)
+    W = as_matrix(W, "W")  # an empty W would be blamed on rank (in [1, 0])
     rank = _check_rank(rank, W.shape)
     density = as_float(density, "density", low=0.0, high=1.0)
     gram = as_gram(input_gram, input_scale, W.shape[1])

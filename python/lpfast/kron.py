@@ -17,6 +17,7 @@ from . import _compat, _native
 from ._validate import (
     as_csr,
     as_float_array,
+    as_ndarray,
     as_out,
     common_float_dtype,
     doped_matmul_shapes,
@@ -68,7 +69,7 @@ def _batch_rows(x: Any, n: int, dtype: np.dtype) -> tuple[np.ndarray, tuple]:
         return x.reshape(math.prod(lead), n), lead
     if hasattr(x, "detach") and hasattr(x, "numpy"):
         x = tensor_as_numpy(x, "x")
-    x = np.asarray(x)
+    x = as_ndarray(x, "x")
     if x.ndim == 0 or x.shape[-1] != n:  # the shape first: its message names the width
         msg = f"x: expected shape (..., {n}), got {x.shape}"
         raise ValueError(msg)

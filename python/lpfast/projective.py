@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _native
 from ._validate import (as_choice, as_float, as_scaled_eps, as_float_array, as_generator, as_int,
-                        as_matrix, as_p, as_row_weights, as_rows, common_float_dtype,
+                        as_matrix, as_ndarray, as_p, as_row_weights, as_rows, common_float_dtype,
                         default_eps, orthonormal_columns, scale_exponent, scaled, unscaled)
 
 __all__ = ["KSubspaces", "k_subspaces"]
@@ -80,7 +80,9 @@ class KSubspaces:
 
     def _assign(self, Y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         """(labels, distances, coefficients, Y was one row) of the rows of Y."""
-        one = np.ndim(Y) == 1 if not hasattr(Y, "ndim") else Y.ndim == 1
+        if not hasattr(Y, "ndim"):
+            Y = as_ndarray(Y, "Y")  # a ragged list must fail by name, not in np.ndim
+        one = Y.ndim == 1
         common_float_dtype({"bases": self.bases, "Y": Y})  # float32 with float64: TypeError
         rows = as_rows(Y, "Y", self.bases.shape[1], self.bases.dtype, single=True)
         e = scale_exponent(rows)  # as in k_subspaces: squares of float32 rows at 1e30 overflow

@@ -23,7 +23,8 @@ import numpy as np
 from ._row_doping import (Effort, SplitResult, build_result, grid_extender, make_fitter,
                           max_exact, max_rank, min_budget, n_params_formula, rank_cap,
                           search_splits, split_history, splits_for)
-from ._validate import as_choice, as_float, as_fractions, as_int, as_matrix, as_row_weights
+from ._validate import (as_choice, as_float, as_fractions, as_int, as_matrix, as_row_weights,
+                        scale_exponent)
 from .row_doped_result import METHODS, RowDoped, kind_of
 from .usage import usage_weights  # re-exported: it was defined here first
 
@@ -132,6 +133,21 @@ def row_doped_fit(E: Any, method: str, budget: int, *, weights: Any = None, p: f
     E = as_matrix(E, "E", min_rows=2, min_cols=2)  # own float dtype, else float64
     n, d = E.shape
     p = as_float(p, "p", low=1.0)
+    if E.dtype == np.float32 and scale_exponent(E, p) != 0:
+        # The split search squares float32 rows in its distance and PCA kernels: outside
+        # float32's safe range they under- or overflow (a silent error 0 at 2**-100), so such
+        # an E is fitted in float64 (one copy) and the result stored back in float32.
+        fit = row_doped_fit(E.astype(np.float64), method, budget, weights=weights, p=p,
+                            rank=rank, n_exact=n_exact, n_subspaces=n_subspaces, seed=seed,
+                            n_rounds=n_rounds, exact_fractions=exact_fractions,
+                            max_iter=max_iter, extend_grid=extend_grid, tol=tol,
+                            n_init=n_init, verbose=verbose)
+        state = fit.to_dict()
+        for key, value in state.items():
+            if isinstance(value, np.ndarray) and value.dtype == np.float64:
+                state[key] = value.astype(np.float32)
+        state["exact_rows"] = E[state["exact_indices"]]  # exact, as stored rows must be
+        return RowDoped.from_dict(state)
     method = _check_method(method, p)
     kind = kind_of(method)
     if method == "projective":

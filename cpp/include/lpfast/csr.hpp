@@ -10,11 +10,9 @@
 #include <vector>
 
 #include <Eigen/Core>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "parallel.hpp"
+#include "simd.hpp"
 
 namespace lpfast {
 
@@ -96,46 +94,26 @@ inline void csr_matvec_rows_generic(const CsrView<T, I>& S, const T* x, T* y, st
   }
 }
 
-#if defined(__AVX512F__)
-// AVX-512 gathers: measured 1.15x faster than the generic loop for float on Zen 4
-// (4096 x 4096, 1% density), where compiler-vectorized gathers were 1.6x slower.
-inline void csr_matvec_rows_avx512(const CsrView<float, std::int32_t>& S, const float* x,
-                                   float* y, std::int64_t r0, std::int64_t r1) {
+#if defined(LPFAST_SIMD)
+// One vector of non-zeros at a time, their x values gathered (where Simd<T>::kFastGather:
+// see simd.hpp), the row's tail masked, one horizontal sum per row.
+template <class T>
+inline void csr_matvec_rows_gather(const CsrView<T, std::int32_t>& S, const T* x, T* y,
+                                   std::int64_t r0, std::int64_t r1) {
+  using Sv = Simd<T>;
+  constexpr int W = Sv::kWidth;
   for (std::int64_t i = r0; i < r1; ++i) {
     std::int32_t k = S.indptr[i];
     const std::int32_t end = S.indptr[i + 1];
-    __m512 acc = _mm512_setzero_ps();
-    for (; k + 16 <= end; k += 16) {
-      const __m512i ix = _mm512_loadu_si512(S.indices + k);
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(S.data + k), _mm512_i32gather_ps(ix, x, 4), acc);
-    }
+    typename Sv::V acc = Sv::zero();
+    for (; k + W <= end; k += W)
+      acc = Sv::fma(Sv::load(S.data + k), Sv::gather(x, Sv::index(S.indices + k)), acc);
     if (k < end) {
-      const __mmask16 mask = static_cast<__mmask16>((1u << (end - k)) - 1u);
-      const __m512i ix = _mm512_maskz_loadu_epi32(mask, S.indices + k);
-      const __m512 xs = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, ix, x, 4);
-      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, S.data + k), xs, acc);
+      const typename Sv::Mask mask = Sv::tail(end - k);
+      const typename Sv::V xs = Sv::gather(mask, x, Sv::index(mask, S.indices + k));
+      acc = Sv::fma(Sv::load(mask, S.data + k), xs, acc);
     }
-    y[i] += _mm512_reduce_add_ps(acc);
-  }
-}
-
-inline void csr_matvec_rows_avx512(const CsrView<double, std::int32_t>& S, const double* x,
-                                   double* y, std::int64_t r0, std::int64_t r1) {
-  for (std::int64_t i = r0; i < r1; ++i) {
-    std::int32_t k = S.indptr[i];
-    const std::int32_t end = S.indptr[i + 1];
-    __m512d acc = _mm512_setzero_pd();
-    for (; k + 8 <= end; k += 8) {
-      const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(S.indices + k));
-      acc = _mm512_fmadd_pd(_mm512_loadu_pd(S.data + k), _mm512_i32gather_pd(ix, x, 8), acc);
-    }
-    if (k < end) {
-      const __mmask8 mask = static_cast<__mmask8>((1u << (end - k)) - 1u);
-      const __m256i ix = _mm256_maskz_loadu_epi32(mask, S.indices + k);
-      const __m512d xs = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), mask, ix, x, 8);
-      acc = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(mask, S.data + k), xs, acc);
-    }
-    y[i] += _mm512_reduce_add_pd(acc);
+    y[i] += Sv::sum(acc);
   }
 }
 #endif
@@ -146,11 +124,13 @@ inline void csr_matvec_rows_avx512(const CsrView<double, std::int32_t>& S, const
 template <class T, class I>
 inline void csr_matvec_add_rows(const CsrView<T, I>& S, const T* x, T* y, std::int64_t r0,
                                 std::int64_t r1) {
-#if defined(__AVX512F__) && defined(__AVX512VL__)
+#if defined(LPFAST_SIMD)
   if constexpr (std::is_same_v<I, std::int32_t> &&
                 (std::is_same_v<T, float> || std::is_same_v<T, double>)) {
-    detail::csr_matvec_rows_avx512(S, x, y, r0, r1);
-    return;
+    if constexpr (detail::Simd<T>::kFastGather) {
+      detail::csr_matvec_rows_gather(S, x, y, r0, r1);
+      return;
+    }
   }
 #endif
   detail::csr_matvec_rows_generic(S, x, y, r0, r1);
@@ -160,7 +140,9 @@ inline void csr_matvec_add_rows(const CsrView<T, I>& S, const T* x, T* y, std::i
 // (cols x WIDTH, 64-byte aligned), so each non-zero costs one contiguous WIDTH-wide FMA
 // instead of WIDTH scattered loads. Results pass through a small row tile so that y,
 // whose batch rows lie a power-of-two stride apart, is written in contiguous runs
-// (direct strided writes thrashed L1 and were 4.6x slower).
+// (direct strided writes thrashed L1 and were 4.6x slower). Lanes are Eigen's fixed-size
+// arrays, not Simd<T>: WIDTH (4 to 32) is often below one AVX-512 vector, and Eigen picks
+// the packet that fits.
 template <int WIDTH, class T, class I>
 inline void csr_matmat_add_rows(const CsrView<T, I>& S, const T* xt, std::int64_t nb, T* y,
                                 std::int64_t y_stride, std::int64_t r0, std::int64_t r1) {

@@ -42,7 +42,7 @@ struct DistScratch {
 template <class T>
 void block_times_basis(const T* Xb, const T* V, std::int64_t rows, std::int64_t d,
                        std::int64_t k, T* P) {
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(LPFAST_SIMD)
   if constexpr (std::is_same_v<T, float>) {
     if (d <= kSmallGemmMaxK) {
       small_gemm<float>(Xb, d, V, k, P, k, rows, k, d, false);

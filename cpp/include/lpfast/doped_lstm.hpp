@@ -376,6 +376,11 @@ class DopedLstm {
     const double per_row = kron_flops_ + 19.0 * static_cast<double>(nnz_) + 30.0 * L * H_;
     const int nt = static_cast<int>(std::min<std::int64_t>(
         threads_for(per_row * static_cast<double>(batch * steps), 2.0e5), batch));
+    // One row runs on one thread: splitting its gate matrices over two threads (W_ih x on
+    // one, W_hh h on the other, two barriers per layer; `git log -S step_pair`) gave the
+    // same bits but ran 2-4x slower on this 2-core machine shared with other jobs (paper
+    // size, 25x: 1 thread 238 us median / 107 min, 2 threads 1057 / 223, wall, load ~14):
+    // a barrier waits for a descheduled thread. Rows of a batch split without barriers.
     parallel_region(nt, [&](int tid, int team) {
       const auto [b0, b1] = static_range(batch, tid, team);
       for (std::int64_t b = b0; b < b1; b += kBlockRows)
@@ -417,10 +422,12 @@ class DopedLstm {
         T* hl = h_n + (l * batch + b0) * H;  // (nb, H), contiguous
         T* cl = c_n + (l * batch + b0) * H;
         for (std::int64_t s = 0; s < tc; ++s) {
-          for (std::int64_t b = 0; b < nb; ++b)
-            std::copy(pre.data() + (b * tc + s) * G, pre.data() + (b * tc + s + 1) * G,
-                      z.data() + b * G);
-          detail::gate_product(hh, hl, nb, z.data(), true, ws);
+          // z = W_hh h, then + (W_ih x + bias).
+          detail::gate_product(hh, hl, nb, z.data(), false, ws);
+          for (std::int64_t b = 0; b < nb; ++b) {
+            detail::ArrMap<T>(z.data() + b * G, G) +=
+                Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(pre.data() + (b * tc + s) * G, G);
+          }
           for (std::int64_t b = 0; b < nb; ++b) {
             detail::lstm_cell(z.data() + b * G, cl + b * H, cl + b * H, hl + b * H, H);
             std::copy(hl + b * H, hl + (b + 1) * H, out.data() + (b * tc + s) * H);

@@ -47,7 +47,7 @@ inline int gram_segments(std::int64_t m) {
 template <class Acc>
 void gram_block_lower(const RowMat<Acc>& Y, std::int64_t rows, RowMat<Acc>& acc) {
   if (rows == 0) return;
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(LPFAST_SIMD)
   const std::int64_t d = Y.cols();
   small_gram_lower<Acc>(Y.data(), d, acc.data(), d, d, rows);
 #else

@@ -27,13 +27,8 @@
 #include <stdexcept>
 #include <vector>
 
-#include <Eigen/Core>
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "csr.hpp"
+#include "simd.hpp"
 
 namespace lpfast {
 
@@ -113,70 +108,34 @@ std::vector<std::int64_t> sell_split(const SellView<T, J>& S, int parts, double 
   return bounds;
 }
 
-#if defined(__AVX512F__)
-namespace detail {
-inline __m256i sell_index8(const std::uint16_t* idx) {
-  return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
-}
-inline __m256i sell_index8(const std::int32_t* idx) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx));
-}
-
-// x[idx[0..16)] as one vector: lanes 0-7 by scalar loads inserted into registers, lanes
-// 8-15 by one gather.
-template <class J>
-inline __m512 sell_fetch16(const float* x, const J* idx) {
-  auto four = [&](int b) {
-    __m128 v = _mm_load_ss(x + idx[b]);
-    v = _mm_insert_ps(v, _mm_load_ss(x + idx[b + 1]), 0x10);
-    v = _mm_insert_ps(v, _mm_load_ss(x + idx[b + 2]), 0x20);
-    return _mm_insert_ps(v, _mm_load_ss(x + idx[b + 3]), 0x30);
-  };
-  const __m256 hi = _mm256_i32gather_ps(x, sell_index8(idx + 8), 4);
-  const __m256 lo = _mm256_insertf128_ps(_mm256_castps128_ps256(four(0)), four(4), 1);
-  // The two halves joined as doubles: _mm512_insertf32x8 would need AVX512DQ.
-  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
-                                             _mm256_castps_pd(hi), 1));
-}
-}  // namespace detail
-
-template <class J>
-void sell_matvec(const SellView<float, J>& S, const float* x, float* y, std::int64_t s0,
-                 std::int64_t s1, bool accumulate = false) {
-  static_assert(kSellC == 16, "one slice is one float32 AVX-512 vector");
-  alignas(64) float out[kSellC];
-  for (std::int64_t s = s0; s < s1; ++s) {
-    __m512 acc = _mm512_setzero_ps();
-    for (std::int64_t at = S.slice_ptr[s]; at < S.slice_ptr[s + 1]; at += kSellC)
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(S.data + at), detail::sell_fetch16(x, S.indices + at),
-                            acc);
-    _mm512_store_ps(out, acc);
-    for (std::int64_t c = 0; c < kSellC; ++c) {
-      const std::int32_t r = S.row_of[s * kSellC + c];
-      if (r >= 0) y[r] = accumulate ? y[r] + out[c] : out[c];
-    }
-  }
-}
-#endif
-
 // y[row] = (S x)[row] (or y[row] += (S x)[row] with `accumulate`) for the rows of slices
-// [s0, s1) (every row sits in one slice).
+// [s0, s1) (every row sits in one slice). Each step of a slice: kSellC / kWidth vectors of
+// values times x fetched by Simd<T>::fetch (simd.hpp: mixed scalar loads and a gather for
+// float32 on AVX-512, scalar loads into a buffer otherwise, faster than a gather on Zen 4).
 template <class T, class J>
 void sell_matvec(const SellView<T, J>& S, const T* x, T* y, std::int64_t s0, std::int64_t s1,
                  bool accumulate = false) {
-  using Lane = Eigen::Array<T, kSellC, 1>;
-  alignas(64) T buf[kSellC];
+  alignas(64) T out[kSellC];
   for (std::int64_t s = s0; s < s1; ++s) {
-    Lane acc = Lane::Zero();
-    for (std::int64_t at = S.slice_ptr[s]; at < S.slice_ptr[s + 1]; at += kSellC) {
-      const J* idx = S.indices + at;
-      // Scalar loads into a buffer, then one vector FMA: faster than a gather on Zen 4.
-      for (std::int64_t c = 0; c < kSellC; ++c) buf[c] = x[idx[c]];
-      acc += Eigen::Map<const Lane>(S.data + at) * Eigen::Map<const Lane, Eigen::Aligned64>(buf);
-    }
+#if defined(LPFAST_SIMD)
+    using Sv = detail::Simd<T>;
+    constexpr int W = Sv::kWidth, NV = static_cast<int>(kSellC) / W;
+    static_assert(NV * W == kSellC, "a slice is a whole number of vectors");
+    typename Sv::V acc[NV];
+    LPFAST_UNROLL for (int v = 0; v < NV; ++v) acc[v] = Sv::zero();
+    for (std::int64_t at = S.slice_ptr[s]; at < S.slice_ptr[s + 1]; at += kSellC)
+      LPFAST_UNROLL for (int v = 0; v < NV; ++v)
+        acc[v] = Sv::fma(Sv::load(S.data + at + W * v), Sv::fetch(x, S.indices + at + W * v),
+                         acc[v]);
+    LPFAST_UNROLL for (int v = 0; v < NV; ++v) Sv::store(out + W * v, acc[v]);
+#else
+    for (std::int64_t c = 0; c < kSellC; ++c) out[c] = T(0);
+    for (std::int64_t at = S.slice_ptr[s]; at < S.slice_ptr[s + 1]; at += kSellC)
+      for (std::int64_t c = 0; c < kSellC; ++c) out[c] += S.data[at + c] * x[S.indices[at + c]];
+#endif
     for (std::int64_t c = 0; c < kSellC; ++c) {
       const std::int32_t r = S.row_of[s * kSellC + c];
-      if (r >= 0) y[r] = accumulate ? y[r] + acc[c] : acc[c];
+      if (r >= 0) y[r] = accumulate ? y[r] + out[c] : out[c];
     }
   }
 }

@@ -8,7 +8,7 @@
 // entries of P and streaming rows of Q (B transposed once by the prepared operator) runs near
 // the peak (9.2 us; 104 GFLOP/s). Blocks of 6 rows x kNV vectors keep the accumulators in
 // registers; the last column block is masked, so any N works. Each C entry is summed over k
-// in order. The kernel is written once over a small SIMD traits class (AVX-512 or AVX2 +
+// in order. The kernel is written once over the SIMD traits of simd.hpp (AVX-512 or AVX2 +
 // FMA). The GEMMs use it with AVX-512 only (small_gemm_serves): their AVX2 speed against
 // Eigen's was not measured; the Gram uses it with AVX2 too (30522 x 384 float32 on a Zen 3
 // core: 82-95 ms against 88-118 ms for Eigen's rank updates, CPU time, loaded machine), and
@@ -21,110 +21,15 @@
 
 #include <Eigen/Core>
 
+#include "simd.hpp"
 #include "types.hpp"
-
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
 
 namespace lpfast {
 
-namespace detail {
-
-// The vector instructions the kernels are written in, per (scalar, ISA): 512-bit AVX-512
-// where the compiler targets it, else 256-bit AVX2 + FMA. kNV vectors per row of a block:
-// kRows x kNV accumulators + kNV row vectors of Q + one broadcast fit the register file
-// (AVX-512: 6 x 4 + 4 of 32; AVX2: 6 x 2 + 2 + 1 of 16).
-template <class T>
-struct Simd;
-#if defined(__AVX512F__)
-inline constexpr int kSimdBits = 512;
-template <>
-struct Simd<float> {
-  using V = __m512;
-  using Mask = __mmask16;
-  static constexpr int kWidth = 16, kNV = 4;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static V load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static V set1(float x) { return _mm512_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static void store(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
-  static Mask tail(int last) { return static_cast<Mask>((1u << last) - 1u); }
-};
-template <>
-struct Simd<double> {
-  using V = __m512d;
-  using Mask = __mmask8;
-  static constexpr int kWidth = 8, kNV = 4;
-  static V zero() { return _mm512_setzero_pd(); }
-  static V load(const double* p) { return _mm512_loadu_pd(p); }
-  static V load(Mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
-  static V set1(double x) { return _mm512_set1_pd(x); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  static V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  static void store(double* p, Mask m, V v) { _mm512_mask_storeu_pd(p, m, v); }
-  static Mask tail(int last) { return static_cast<Mask>((1u << last) - 1u); }
-};
-#elif defined(__AVX2__) && defined(__FMA__)
-inline constexpr int kSimdBits = 256;
-template <>
-struct Simd<float> {
-  using V = __m256;
-  using Mask = __m256i;
-  static constexpr int kWidth = 8, kNV = 2;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
-  static V set1(float x) { return _mm256_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static void store(float* p, Mask m, V v) { _mm256_maskstore_ps(p, m, v); }
-  static Mask tail(int last) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(last), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-};
-template <>
-struct Simd<double> {
-  using V = __m256d;
-  using Mask = __m256i;
-  static constexpr int kWidth = 4, kNV = 2;
-  static V zero() { return _mm256_setzero_pd(); }
-  static V load(const double* p) { return _mm256_loadu_pd(p); }
-  static V load(Mask m, const double* p) { return _mm256_maskload_pd(p, m); }
-  static V set1(double x) { return _mm256_set1_pd(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static void store(double* p, Mask m, V v) { _mm256_maskstore_pd(p, m, v); }
-  static Mask tail(int last) {
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(last), _mm256_setr_epi64x(0, 1, 2, 3));
-  }
-};
-#else
-inline constexpr int kSimdBits = 0;
-#endif
-
-}  // namespace detail
-
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(LPFAST_SIMD)
 inline constexpr bool kHasSmallGemm = true;
 
 namespace detail {
-
-// The accumulators live in registers only if every loop over them is unrolled; GCC left
-// them in memory (a store per FMA, 1.6x slower) when the kernel was not inlined.
-#if defined(__clang__)
-#define LPFAST_UNROLL _Pragma("unroll")
-#elif defined(__GNUC__)
-#define LPFAST_UNROLL _Pragma("GCC unroll 16")
-#else
-#define LPFAST_UNROLL
-#endif
 
 // Where the kernels read their operands: p(k, i) is P's entry (i, k) and q(k, j0) points at
 // row k of Q from column j0 (a multiple of the column block width).
@@ -300,7 +205,7 @@ template <class T>
 void rowmajor_gemm(const T* P, std::int64_t ldp, const T* Q, std::int64_t ldq, T* C,
                    std::int64_t ldc, std::int64_t rows, std::int64_t N, std::int64_t K,
                    bool accumulate) {
-#if defined(__AVX512F__)
+#if defined(LPFAST_SIMD)
   if constexpr (std::is_same_v<T, float>) {
     if (small_gemm_serves<T>(K)) {
       small_gemm<float>(P, ldp, Q, ldq, C, ldc, rows, N, K, accumulate);
@@ -334,7 +239,7 @@ template <class T>
 void rowmajor_gemm_indexed(const T* X, std::int64_t ldx, const std::int64_t* rows, const T* Q,
                            std::int64_t ldq, T* C, std::int64_t ldc, std::int64_t m,
                            std::int64_t N, std::int64_t K, T* scratch) {
-#if defined(__AVX512F__)
+#if defined(LPFAST_SIMD)
   if constexpr (std::is_same_v<T, float>) {
     if (small_gemm_serves<T>(K)) {
       small_gemm_indexed<float>(X, ldx, rows, Q, ldq, C, ldc, m, N, K);

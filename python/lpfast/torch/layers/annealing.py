@@ -102,7 +102,13 @@ class SparsityAnnealer:
 
     def __init__(self, layers: Union[nn.Module, Iterable[nn.Module]],
                  schedule: Callable[[int], float], every: int = 1):
-        found = doped_layers(layers) if isinstance(layers, nn.Module) else list(layers)
+        if isinstance(layers, nn.Module):
+            found = doped_layers(layers)
+        else:
+            try:
+                found = list(layers)
+            except TypeError:  # not iterable: the message below names the argument
+                found = []
         if not found or not all(is_doped(m) for m in found):
             msg = ("layers: expected a module holding doped layers (modules with prune_ and "
                    "compact_: DopedKroneckerLinear, DopedLSTM), or such layers")
