@@ -24,3 +24,27 @@ def test_numpy_quickstart_and_planner_snippet_run():
     assert np.isclose(ns["w"].sum(), np.linalg.matrix_rank(ns["E"].astype(np.float64)), rtol=1e-3)
     assert ns["op2"].nnz == ns["op"].nnz and ns["y"].shape == (32, 4096)
     assert ns["plan"].best is not None
+
+
+def test_doping_train_then_serve_snippet_runs():
+    """The README's "train with doping, then serve" example: annealing reaches its density
+    and the served step equals the trained LSTM's own step."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    import lpfast
+
+    if not hasattr(lpfast, "DopedLSTMRuntime"):
+        pytest.skip("lpfast.DopedLSTMRuntime is not in this build")
+    block = next(b for b in _python_blocks() if "SparsityAnnealer(" in b and "runtime()" in b)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 5000, (35, 20), generator=g),
+                torch.randint(0, 5000, (35, 20), generator=g)) for _ in range(2)]
+    ns: dict = {"batches": batches, "token": 7}
+    torch.manual_seed(0)
+    exec(compile(block, str(README), "exec"), ns)
+    lstm = ns["lstm"]
+    assert abs(lstm.density - 0.06) < 1e-3
+    with torch.no_grad():
+        want, _ = lstm.eval()(ns["emb"].weight[[7]][None])
+    np.testing.assert_allclose(ns["y"], want[0].numpy(), rtol=1e-4, atol=1e-5)
