@@ -53,7 +53,10 @@ echo "== C++ test program"
 (cd "$out/cpp-tests" && ctest --output-on-failure) || status=1
 
 echo "== kernel tests under ASan+UBSan"
-asan_lib="$(gcc -print-file-name=libasan.so)"
+# libstdc++ is preloaded beside libasan: loaded later (with _core), its __cxa_throw is not
+# found by ASan's interceptor, which then aborts at the first C++ exception
+# ("CHECK failed: ... real___cxa_throw != 0").
+asan_lib="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 env LD_PRELOAD="$asan_lib" PYTHONMALLOC=malloc PYTHONPATH="$out/python" LPFAST_SANITIZE=1 \
   python -m pytest -q -p no:cacheprovider -o addopts="" \
     --ignore=tests/torch --ignore-glob="tests/test_torch_*" --ignore=tests/test_cli.py \

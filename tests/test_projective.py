@@ -334,13 +334,15 @@ def test_power_of_two_scales(dtype, p, e):
         np.testing.assert_allclose(a.bases, b.bases, atol=tol)
         np.testing.assert_array_equal(a.labels, b.labels)
         assert a.cost == pytest.approx(b.cost * 2.0 ** (e * p), rel=tol)
+        # p = 1's IRLS stops at its tolerance: near-zero coefficients of the two fits differ
+        # by ~1e-10 of a row's norm (1.2e-10 in the ASan build of tests/sanitize.sh)
         np.testing.assert_allclose(a.coefficients(), np.ldexp(b.coefficients(), e), rtol=tol,
-                                   atol=tol * 2.0**e)
+                                   atol=10 * tol * 2.0**e)
         # New rows at the data's scale: same labels, distances and coefficients in Y's units.
         np.testing.assert_array_equal(a.predict(Xs[:7]), b.predict(X[:7]))
         np.testing.assert_allclose(a.distances(Xs[:7]), np.ldexp(b.distances(X[:7]), e),
                                    rtol=tol)
         np.testing.assert_allclose(a.coefficients(Xs[:7]), np.ldexp(b.coefficients(X[:7]), e),
-                                   rtol=tol, atol=tol * 2.0**e)
+                                   rtol=tol, atol=10 * tol * 2.0**e)
     with pytest.raises(ValueError, match=r"^p: expected a value in \[1.0, 100.0\]"):
         lpfast.k_subspaces(X, 2, 2, 1000.0)
