@@ -34,8 +34,6 @@ def test_doping_train_then_serve_snippet_runs():
     torch = pytest.importorskip("torch")
     import lpfast
 
-    if not hasattr(lpfast, "DopedLSTMRuntime"):
-        pytest.skip("lpfast.DopedLSTMRuntime is not in this build")
     block = next(b for b in _python_blocks() if "SparsityAnnealer(" in b and "runtime()" in b)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 5000, (35, 20), generator=g),
@@ -48,3 +46,19 @@ def test_doping_train_then_serve_snippet_runs():
     with torch.no_grad():
         want, _ = lstm.eval()(ns["emb"].weight[[7]][None])
     np.testing.assert_allclose(ns["y"], want[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_api_table_lists_every_public_name():
+    """The README's API table and the two ``__all__`` lists name the same things."""
+    import re
+
+    import pytest
+
+    import lpfast
+
+    lt = pytest.importorskip("lpfast.torch")
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## API", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(lpfast(?:\.torch)?\.\w+)` \|", section, flags=re.M))
+    public = {f"lpfast.{n}" for n in lpfast.__all__} | {f"lpfast.torch.{n}" for n in lt.__all__}
+    assert listed == public
